@@ -1,0 +1,61 @@
+"""2-D summary images on disk (JPEG / PNG / TIFF) and the ABO/YOLO folder layout.
+
+Layout (e.g. ../shared/data/abo275): `images/<id>.jpg` with `labels/<id>.txt`
+(YOLO segment polygons). Images are grayscale; three identical channels are
+collapsed to one.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+
+from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.data.labels import read_image_file, read_yolo_masks, require_file
+from neuroseg_jax.data.movies import check_finite, check_pixel_dtype
+
+IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
+
+
+def read_summary_image(path) -> np.ndarray:
+  """Grayscale image file -> [H, W] float32 in the file's value range (0..255 for
+  8-bit). Accepts [H, W], [H, W, 1] and [H, W, 3] with identical channels."""
+  path = require_file(path)
+  image = read_image_file(path)
+  if image.ndim == 3 and image.shape[-1] in (1, 3):
+    if not (image == image[..., :1]).all():
+      raise DataError(path, "colour image: channels differ, expected grayscale")
+    image = image[..., 0]
+  if image.ndim != 2:
+    raise DataError(path, f"expected a 2-D grayscale image [H, W], got shape {image.shape}")
+  if image.size == 0:
+    raise DataError(path, "empty image")
+  check_pixel_dtype(path, image.dtype)
+  check_finite(path, image[None])
+  return image.astype(np.float32)
+
+
+def list_yolo_folder(folder) -> list[tuple[str, Path, Path]]:
+  """Pairs `images/<name>.<ext>` with `labels/<name>.txt` -> [(name, image, label)]
+  sorted by name. A missing label file or an empty folder is a DataError."""
+  folder = Path(folder)
+  image_dir = folder / "images"
+  if not image_dir.is_dir():
+    raise DataError(folder, "no images/ folder")
+  images = sorted(p for p in image_dir.iterdir() if p.suffix.lower() in IMAGE_SUFFIXES)
+  if not images:
+    raise DataError(image_dir, f"no images ({', '.join(IMAGE_SUFFIXES)})")
+  pairs = []
+  for image in images:
+    label = folder / "labels" / f"{image.stem}.txt"
+    if not label.is_file():
+      raise DataError(label, f"file not found (label for {image.name})")
+    pairs.append((image.stem, image, label))
+  return pairs
+
+
+def read_yolo_example(image_path, label_path) -> tuple[np.ndarray, np.ndarray]:
+  """One YOLO-layout example -> (image [H, W] float32, masks [N, H, W] bool)."""
+  image = read_summary_image(image_path)
+  return image, read_yolo_masks(label_path, image.shape)

@@ -1,0 +1,80 @@
+"""Axis-aligned box geometry for YOLO losses and post-processing.
+
+Boxes are (x1, y1, x2, y2) corners in any consistent unit (pixels or grid cells).
+The element-wise losses are jnp-only (jit-able); `pairwise_box_iou` also runs on
+NumPy arrays so host-side NMS does not round-trip through the device.
+"""
+
+from __future__ import annotations
+
+import math
+
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+CIOU_EPS = 1e-7  # ultralytics `bbox_iou` eps
+
+
+def _array_module(*arrays):
+  return jnp if any(isinstance(a, jax.Array) for a in arrays) else np
+
+
+def box_area(boxes):
+  """[..., 4] corners -> [...] area (negative extents count as 0)."""
+  xp = _array_module(boxes)
+  wh = xp.clip(boxes[..., 2:] - boxes[..., :2], 0, None)
+  return wh[..., 0] * wh[..., 1]
+
+
+def pairwise_box_iou(boxes1, boxes2):
+  """IoU of every pair: [N, 4], [K, 4] -> [N, K]; 0 where the union is empty.
+
+  NumPy in, NumPy out; jax in, jax out.
+  """
+  xp = _array_module(boxes1, boxes2)
+  top_left = xp.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
+  bottom_right = xp.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
+  wh = xp.clip(bottom_right - top_left, 0, None)
+  inter = wh[..., 0] * wh[..., 1]
+  union = box_area(boxes1)[:, None] + box_area(boxes2)[None, :] - inter
+  return xp.where(union > 0, inter / xp.where(union > 0, union, 1), 0)
+
+
+def complete_iou(boxes1: jax.Array, boxes2: jax.Array, eps: float = CIOU_EPS) -> jax.Array:
+  """Complete IoU (Zheng et al. 2020) as defined by ultralytics `bbox_iou(CIoU=True)`.
+
+  CIoU = IoU - rho^2 / c^2 - alpha * v, where rho is the centre distance, c the
+  diagonal of the smallest enclosing box, v = 4 / pi^2 (atan(w2/h2) - atan(w1/h1))^2
+  the aspect-ratio term and alpha = v / (v - IoU + 1) its (non-differentiated)
+  trade-off weight. Identical boxes give 1; the value lies in (-1, 1].
+
+  Args:
+    boxes1, boxes2: [..., 4] corners, broadcastable against each other.
+  Returns:
+    [...] float32.
+  """
+  b1 = boxes1.astype(jnp.float32)
+  b2 = boxes2.astype(jnp.float32)
+  w1, h1 = b1[..., 2] - b1[..., 0], jnp.maximum(b1[..., 3] - b1[..., 1], eps)
+  w2, h2 = b2[..., 2] - b2[..., 0], jnp.maximum(b2[..., 3] - b2[..., 1], eps)
+  inter_w = jnp.clip(jnp.minimum(b1[..., 2], b2[..., 2]) - jnp.maximum(b1[..., 0], b2[..., 0]), 0)
+  inter_h = jnp.clip(jnp.minimum(b1[..., 3], b2[..., 3]) - jnp.maximum(b1[..., 1], b2[..., 1]), 0)
+  inter = inter_w * inter_h
+  iou = inter / (w1 * h1 + w2 * h2 - inter + eps)
+  enclose_w = jnp.maximum(b1[..., 2], b2[..., 2]) - jnp.minimum(b1[..., 0], b2[..., 0])
+  enclose_h = jnp.maximum(b1[..., 3], b2[..., 3]) - jnp.minimum(b1[..., 1], b2[..., 1])
+  diagonal2 = enclose_w**2 + enclose_h**2 + eps
+  centre_dist2 = ((b2[..., 0] + b2[..., 2] - b1[..., 0] - b1[..., 2])**2 +
+                  (b2[..., 1] + b2[..., 3] - b1[..., 1] - b1[..., 3])**2) / 4
+  v = (4 / math.pi**2) * (jnp.arctan(w2 / h2) - jnp.arctan(w1 / h1))**2
+  alpha = jax.lax.stop_gradient(v / (v - iou + (1 + eps)))
+  return iou - (centre_dist2 / diagonal2 + v * alpha)
+
+
+def xyxy_to_ltrb(points: jax.Array, boxes: jax.Array) -> jax.Array:
+  """Distances from [..., 2] (x, y) points to the sides of [..., 4] boxes -> [..., 4] (l, t, r, b).
+
+  Inverse of `yolo_decode.distances_to_xyxy` (ultralytics `bbox2dist`, unclipped).
+  """
+  return jnp.concatenate([points - boxes[..., :2], boxes[..., 2:] - points], axis=-1)

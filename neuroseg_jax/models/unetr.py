@@ -1,0 +1,228 @@
+"""UNETR-style 3D segmentation decoder on a ViT encoder (Hatamizadeh et al. 2022).
+
+Layout for a patch (1, 16, 16) and skip blocks (3, 6, 9) of a depth-12 ViT (the EM-MAE
+fine-tuning setting):
+
+  level 4 (token grid, /1x16x16): encoder output (block 12 + final LayerNorm)
+  level 3 (/1x8x8):   block 9  -> 1 up step,  512 ch  | decoder: up, concat, conv block
+  level 2 (/1x4x4):   block 6  -> 2 up steps, 256 ch  | decoder: up, concat, conv block
+  level 1 (/1x2x2):   block 3  -> 3 up steps, 128 ch  | decoder: up, concat, conv block
+  level 0 (full res): raw input -> 32 -> 64 ch        | decoder: up, concat, conv block
+  head: 1x1x1 conv -> out_channels
+
+Upsampling respects anisotropic patches: each axis needs log2(patch) x2 steps; the
+number of levels L is the largest of these, and an axis with fewer steps is upsampled
+in the coarse steps only (so the fine levels of a (4, 16, 16) patch are in-plane only,
+as in U-Nets for anisotropic EM). Every step is a transposed convolution with
+kernel = stride, e.g. (1, 2, 2) for 1x16x16 patches.
+
+Choices:
+  * Norm: BatchNorm (as in the reference UNETR fine-tuning). At inference it is a fixed
+    affine map, so overlapping sliding windows agree and blend without seams, which
+    per-window statistics (InstanceNorm / GroupNorm) would not give. Running statistics
+    live in the "batch_stats" collection: pass `train=True` with
+    `mutable=["batch_stats"]` while training.
+  * Position embedding: kept by default (`use_position_embedding=True`). The encoder was
+    pre-trained with the fixed sine-cosine embedding added to every token and
+    fine-tuning windows have the pre-training crop size, so keeping it feeds the
+    pre-trained blocks the inputs they were trained on. The reference drops it; False
+    reproduces that (same parameters, embedding omitted).
+  * The class token (if the encoder has one) takes part in attention, as in
+    pre-training, and is dropped before the tokens are reshaped into grids.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+from typing import Any, Sequence
+
+import flax.linen as nn
+import jax
+import jax.numpy as jnp
+import numpy as np
+
+from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.models.vit import ViTEncoder
+
+
+def upsampling_strides(patch_size: Sequence[int]) -> list[tuple[int, ...]]:
+  """Per-step strides, coarse to fine, that take the token grid back to full resolution.
+
+  E.g. (1, 16, 16) -> 4 x (1, 2, 2); (4, 16, 16) -> 2 x (2, 2, 2) then 2 x (1, 2, 2).
+  """
+  steps = []
+  for p in patch_size:
+    if p < 1 or p & (p - 1):
+      raise ValueError(f"UNETR needs power-of-two patch sizes, got {tuple(patch_size)}")
+    steps.append(int(math.log2(p)))
+  levels = max(steps)
+  if levels == 0:
+    raise ValueError(f"patch size {tuple(patch_size)} leaves nothing to upsample")
+  return [tuple(2 if i < s else 1 for s in steps) for i in range(levels)]
+
+
+def default_skip_blocks(depth: int, levels: int) -> tuple[int, ...]:
+  """Evenly spaced 1-based blocks for the levels-1 skips, e.g. (3, 6, 9) for 12 and 4."""
+  return tuple(max(1, depth * k // levels) for k in range(1, levels))
+
+
+class ConvNormReLU(nn.Module):
+  """[B, D, H, W, C] -> 3x3x3 conv (no bias) -> BatchNorm -> ReLU -> [B, D, H, W, features]."""
+  features: int
+  norm_momentum: float = 0.9
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    x = nn.Conv(self.features, (3, 3, 3), padding="SAME", use_bias=False, dtype=self.dtype)(x)
+    x = nn.BatchNorm(use_running_average=not train, momentum=self.norm_momentum,
+                     dtype=self.dtype)(x)
+    return nn.relu(x)
+
+
+class ConvBlock(nn.Module):
+  """Two ConvNormReLU: [B, D, H, W, C] -> [B, D, H, W, features]."""
+  features: int
+  norm_momentum: float = 0.9
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    for _ in range(2):
+      x = ConvNormReLU(self.features, self.norm_momentum, self.dtype)(x, train=train)
+    return x
+
+
+def _upsample(features: int, stride: Sequence[int], dtype) -> nn.ConvTranspose:
+  """Transposed conv with kernel = stride: [B, d, h, w, C] -> [B, d*s0, h*s1, w*s2, features]."""
+  return nn.ConvTranspose(features, tuple(stride), strides=tuple(stride), padding="VALID",
+                          dtype=dtype)
+
+
+class SkipProjection(nn.Module):
+  """Block tokens on their grid -> a decoder level: [B, g0, g1, g2, width] ->
+  [B, g0 * prod s0, ..., features], one (transposed conv, ConvNormReLU) per stride."""
+  features: int
+  strides: Sequence[Sequence[int]]
+  norm_momentum: float = 0.9
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
+    for stride in self.strides:
+      x = _upsample(self.features, stride, self.dtype)(x)
+      x = ConvNormReLU(self.features, self.norm_momentum, self.dtype)(x, train=train)
+    return x
+
+
+class UNETR(nn.Module):
+  """ViT encoder + UNETR decoder: [B, D, H, W, C] -> [B, D, H, W, out_channels] float32.
+
+  D, H, W must be multiples of the encoder's patch size. Submodule `encoder` is the
+  given ViTEncoder, so a pre-trained MAE's params["encoder"] fits (see
+  `load_encoder_params`). Decoder level k (0 = full resolution) has
+  `decoder_width * 2**k` channels (64 -> 64/128/256/512 as in the reference); the raw
+  input branch has decoder_width // 2 then decoder_width. `skip_blocks` (1-based, one
+  per intermediate level, non-decreasing) defaults to evenly spaced blocks; the deepest
+  level is always the encoder output.
+  """
+  encoder: ViTEncoder
+  out_channels: int
+  decoder_width: int = 64
+  skip_blocks: tuple[int, ...] | None = None
+  use_position_embedding: bool = True
+  norm_momentum: float = 0.9
+  dtype: Any = jnp.float32
+
+  def _skip_blocks(self, levels: int) -> tuple[int, ...]:
+    blocks = self.skip_blocks or default_skip_blocks(self.encoder.depth, levels)
+    blocks = tuple(blocks)
+    if (len(blocks) != levels - 1 or any(b < 1 or b > self.encoder.depth for b in blocks)
+        or any(a > b for a, b in zip(blocks, blocks[1:]))):
+      raise ValueError(f"skip_blocks must be {levels - 1} non-decreasing blocks in 1..."
+                       f"{self.encoder.depth} for patch {tuple(self.encoder.patch_size)}, "
+                       f"got {blocks}")
+    return blocks
+
+  def _encode(self, x: jax.Array, train: bool):
+    """[B, D, H, W, C] -> (final tokens, block outputs), each [B, (1 +) N, width]."""
+    if self.use_position_embedding:
+      return self.encoder(x, train=train, return_block_outputs=True)
+    # The encoder's own forward pass minus the position embedding (same parameters).
+    enc = self.encoder
+    tokens = enc.patch_embed(x.astype(enc.dtype)).reshape(x.shape[0], -1, enc.width)
+    if enc.use_class_token:
+      cls = jnp.broadcast_to(enc.cls_token.astype(enc.dtype), (x.shape[0], 1, enc.width))
+      tokens = jnp.concatenate([cls, tokens], axis=1)
+    block_outputs = []
+    for block in enc.blocks:
+      tokens = block(tokens, train=train)
+      block_outputs.append(tokens)
+    return enc.norm(tokens), block_outputs
+
+  @nn.compact
+  def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
+    if x.ndim != 5:
+      raise DataError("UNETR input", f"expected [B, D, H, W, C], got shape {x.shape}")
+    strides = upsampling_strides(self.encoder.patch_size)
+    levels = len(strides)
+    grid = self.encoder.grid_shape(x.shape[1:4])
+    final, block_outputs = self._encode(x, train)
+    first = 1 if self.encoder.use_class_token else 0
+
+    def to_grid(tokens):
+      return tokens[:, first:].reshape(x.shape[0], *grid, tokens.shape[-1])
+
+    # Skips: level k (1 <= k < levels) from block skip_blocks[k - 1], then the raw input.
+    # strides[i] leads from level levels - i to level levels - i - 1.
+    skips = {0: ConvNormReLU(self.decoder_width, self.norm_momentum, self.dtype)(
+        ConvNormReLU(self.decoder_width // 2, self.norm_momentum, self.dtype)(
+            x.astype(self.dtype), train=train), train=train)}
+    for k, block in enumerate(self._skip_blocks(levels), start=1):
+      skips[k] = SkipProjection(self.decoder_width * 2**k, strides[:levels - k],
+                                self.norm_momentum, self.dtype)(
+                                    to_grid(block_outputs[block - 1]), train=train)
+    y = to_grid(final)
+    for k in reversed(range(levels)):
+      features = self.decoder_width * 2**k
+      y = _upsample(features, strides[levels - 1 - k], self.dtype)(y)
+      y = jnp.concatenate([y, skips[k]], axis=-1)
+      y = ConvBlock(features, self.norm_momentum, self.dtype)(y, train=train)
+    y = nn.Conv(self.out_channels, (1, 1, 1), dtype=self.dtype, name="head")(y)
+    return y.astype(jnp.float32)
+
+
+def load_encoder_params(params: dict, encoder_params: dict, source: str = "encoder checkpoint"):
+  """Puts pre-trained encoder weights into UNETR params.
+
+  Args:
+    params: UNETR params {"encoder": ..., decoder modules...} (e.g. freshly initialised).
+    encoder_params: the pre-trained encoder's params, e.g. an MAE's params["encoder"].
+    source: names the checkpoint in errors and the log line.
+
+  Returns:
+    (params with params["encoder"] replaced, number of arrays loaded).
+
+  Raises:
+    DataError naming `source` when the trees differ (missing or unexpected arrays) or
+    any array's shape differs: a silent partial load would fake a pre-training result.
+  """
+  leaves, treedef = jax.tree_util.tree_flatten_with_path(params["encoder"])
+  flat_target = dict(leaves)
+  flat_source = dict(jax.tree_util.tree_flatten_with_path(encoder_params)[0])
+  name = jax.tree_util.keystr
+  problems = [f"missing {name(p)}" for p in flat_target if p not in flat_source]
+  problems += [f"unexpected {name(p)}" for p in flat_source if p not in flat_target]
+  problems += [f"{name(p)} has shape {np.shape(flat_source[p])}, the model needs "
+               f"{np.shape(v)}" for p, v in flat_target.items()
+               if p in flat_source and np.shape(flat_source[p]) != np.shape(v)]
+  if problems:
+    raise DataError(source, "encoder weights do not fit the model: " + "; ".join(problems[:10])
+                    + (f"; ... {len(problems) - 10} more" if len(problems) > 10 else ""))
+  loaded = jax.tree_util.tree_unflatten(
+      treedef, [jnp.asarray(flat_source[p], v.dtype) for p, v in leaves])
+  count = len(flat_target)
+  logging.info("loaded %d encoder arrays (%d values) from %s", count,
+               sum(int(np.size(v)) for v in flat_target.values()), source)
+  return {**params, "encoder": loaded}, count

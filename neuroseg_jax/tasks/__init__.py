@@ -1,0 +1,18 @@
+"""Registry of task families; `config.task` names one of them."""
+
+import importlib
+
+from neuroseg_jax.registry import Registry
+
+TASKS = Registry("task")
+
+# Modules that register tasks when imported. Kept as names so that importing the
+# registry stays cheap and a task's heavy dependencies load only when used.
+_TASK_MODULES = ()
+
+
+def get_task(name: str):
+  """The Task class registered as `name` (importing the task modules first)."""
+  for module in _TASK_MODULES:
+    importlib.import_module(module)
+  return TASKS.get(name)

@@ -1,0 +1,91 @@
+"""Task-aligned assigner on hand-made cases with known answers (64 x 64 input, A = 84)."""
+
+import functools
+
+import jax
+import numpy as np
+
+from neuroseg_jax.losses import box_ops
+from neuroseg_jax.losses import yolo_assigner
+from neuroseg_jax.models import yolo_decode
+
+POINTS, STRIDES = yolo_decode.make_anchors((64, 64))
+PIXEL_POINTS = POINTS * STRIDES
+NUM_ANCHORS = len(POINTS)
+
+
+def assign(scores, pred_boxes, gt_boxes, gt_valid=None, **kwargs):
+  """Batch-of-one wrapper: scores [A], pred_boxes [A, 4], gt_boxes [M, 4]."""
+  gt_boxes = np.asarray(gt_boxes, np.float32)
+  gt_valid = np.ones(len(gt_boxes), bool) if gt_valid is None else np.asarray(gt_valid)
+  fn = jax.jit(functools.partial(yolo_assigner.assign_targets, **kwargs))
+  out = fn(np.asarray(scores, np.float32)[None, :, None], np.asarray(pred_boxes, np.float32)[None],
+           PIXEL_POINTS, np.zeros((1, len(gt_boxes)), np.int32), gt_boxes[None], gt_valid[None])
+  return jax.tree.map(lambda a: np.asarray(a[0]), out)
+
+
+def p3_index(row, col):
+  return row * 8 + col
+
+
+def test_anchors_strictly_inside_the_box_are_assigned_when_fewer_than_topk():
+  gt = [8.0, 24.0, 40.0, 40.0]
+  out = assign(np.full(NUM_ANCHORS, 0.5), np.tile(gt, (NUM_ANCHORS, 1)), [gt])
+  # P3 centres x in {12, 20, 28, 36}, y in {28, 36}; no P4/P5 centre is strictly inside.
+  expected = sorted(p3_index(r, c) for r in (3, 4) for c in (1, 2, 3, 4))
+  assert np.flatnonzero(out.foreground).tolist() == expected
+  np.testing.assert_array_equal(out.target_index[expected], 0)
+  np.testing.assert_allclose(out.target_boxes[expected], np.tile(gt, (8, 1)))
+  # Equal metrics and CIoU = 1: every positive's soft target is 1, background 0.
+  np.testing.assert_allclose(out.target_scores[expected, 0], 1.0, atol=1e-5)
+  assert out.target_scores[~out.foreground].max() == 0
+
+
+def test_topk_keeps_the_best_aligned_anchors_and_normalizes_scores():
+  gt = [0.0, 0.0, 64.0, 64.0]  # every anchor centre is inside
+  scores = np.random.default_rng(0).uniform(0.05, 0.95, NUM_ANCHORS)
+  out = assign(scores, np.tile(gt, (NUM_ANCHORS, 1)), [gt])
+  top10 = np.sort(np.argsort(-scores)[:10])
+  assert np.flatnonzero(out.foreground).tolist() == top10.tolist()
+  # align = score^0.5 * 1^6; normalized by the best align, times the best CIoU (1).
+  expected = np.sqrt(scores[top10]) / np.sqrt(scores[top10].max())
+  np.testing.assert_allclose(out.target_scores[top10, 0], expected, rtol=1e-5)
+
+
+def test_metric_uses_ciou_power_beta():
+  gt = np.asarray([0.0, 0.0, 64.0, 64.0])
+  pred = np.tile(gt, (NUM_ANCHORS, 1))
+  pred[5] = [0.0, 0.0, 64.0, 32.0]  # same centre line, IoU 1/2, shifted centre
+  pred[6] = [0.0, 0.0, 64.0, 48.0]
+  out = assign(np.full(NUM_ANCHORS, 0.5), pred, [gt], topk=NUM_ANCHORS)
+  # Scores are equal, so targets are (CIoU / best CIoU)^6 * best CIoU with best CIoU = 1.
+  ciou = np.asarray(box_ops.complete_iou(pred[[5, 6]], gt))
+  np.testing.assert_allclose(out.target_scores[[5, 6], 0], ciou**6, rtol=1e-4)
+  assert out.target_scores[5, 0] < out.target_scores[6, 0] < out.target_scores[7, 0]
+
+
+def test_anchor_claimed_by_two_boxes_goes_to_the_larger_overlap():
+  box_a, box_b = [0.0, 0.0, 32.0, 32.0], [16.0, 16.0, 48.0, 48.0]
+  shared = [p3_index(r, c) for r in (2, 3) for c in (2, 3)]  # centres 20, 28
+  pred = np.tile(box_a, (NUM_ANCHORS, 1))
+  pred[shared[:2]] = box_b
+  out = assign(np.full(NUM_ANCHORS, 0.5), pred, [box_a, box_b], topk=NUM_ANCHORS)
+  np.testing.assert_array_equal(out.target_index[shared], [1, 1, 0, 0])
+  np.testing.assert_allclose(out.target_boxes[shared[0]], box_b)
+  only_a = p3_index(0, 0)
+  assert out.foreground[only_a] and out.target_index[only_a] == 0
+  assert out.foreground[shared].all()
+
+
+def test_padding_boxes_are_ignored():
+  gt = [8.0, 24.0, 40.0, 40.0]
+  pad = [0.0, 0.0, 64.0, 64.0]
+  pred = np.tile(gt, (NUM_ANCHORS, 1))
+  scores = np.full(NUM_ANCHORS, 0.5)
+  alone = assign(scores, pred, [gt])
+  padded = assign(scores, pred, [pad, gt, pad], gt_valid=[False, True, False])
+  np.testing.assert_array_equal(padded.foreground, alone.foreground)
+  np.testing.assert_array_equal(padded.target_index[alone.foreground], 1)
+  np.testing.assert_allclose(padded.target_scores, alone.target_scores, atol=1e-6)
+  nothing = assign(scores, pred, [pad], gt_valid=[False])
+  assert not nothing.foreground.any() and nothing.target_scores.max() == 0

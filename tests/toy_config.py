@@ -1,0 +1,20 @@
+"""Config file for the engine's toy task, used by tests that start real processes.
+
+`python -m neuroseg_jax.main --config=tests/toy_config.py:smoke,num_steps=8 --workdir=DIR`
+"""
+
+import os
+import sys
+
+sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
+
+from neuroseg_jax import config_args  # pylint: disable=g-import-not-at-top
+from tests import toy_task  # pylint: disable=g-import-not-at-top  (registers the task)
+
+
+def get_config(arg=None):
+  args = config_args.parse_arg(arg, smoke=False, num_steps=6, checkpoint_every=2,
+                               slow_examples=0.0)
+  config = toy_task.toy_config(num_steps=args.num_steps, checkpoint_every=args.checkpoint_every)
+  config.model.slow_examples = args.slow_examples
+  return config
