@@ -46,6 +46,15 @@ class Task(abc.ABC):
     del params
     return model_state
 
+  def load_pretrained(self, params: PyTree, model_state: PyTree) -> tuple[PyTree, PyTree] | None:
+    """Host-side hook at the start of a fresh run (not on resume).
+
+    Receives step-0 params and model state as numpy; returns them with
+    pre-trained weights loaded, or None when the task loads nothing.
+    """
+    del params, model_state
+    return None
+
   @abc.abstractmethod
   def loss_fn(self, params: PyTree, model_state: PyTree, batch: dict, rng: jax.Array,
               step: jax.Array) -> tuple[jax.Array, tuple[Metrics, PyTree]]:

@@ -14,6 +14,7 @@ import os
 from typing import Any
 
 import jax
+import numpy as np
 import orbax.checkpoint as ocp
 
 
@@ -48,6 +49,22 @@ class Checkpointer:
       raise FileNotFoundError(f"{self.directory}: no checkpoint to restore")
     logging.info("restoring checkpoint %s/%d", self.directory, step)
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+  def read_numpy(self, step: int | None = None) -> Any:
+    """The whole saved state as host numpy arrays, without knowing its structure.
+
+    For transfer between models (pre-training -> fine-tuning), where the
+    current run's state has another shape.
+    """
+    step = self.latest_step() if step is None else step
+    if step is None:
+      raise FileNotFoundError(f"{self.directory}: no checkpoint to read")
+    self.wait()
+    path = os.path.join(self.directory, str(step), "default")
+    reader = ocp.PyTreeCheckpointer()
+    tree = reader.metadata(path).item_metadata.tree
+    restore_args = jax.tree.map(lambda _: ocp.RestoreArgs(restore_type=np.ndarray), tree)
+    return reader.restore(path, args=ocp.args.PyTreeRestore(restore_args=restore_args))
 
   def wait(self) -> None:
     """Blocks until pending asynchronous saves are on disk."""

@@ -102,6 +102,11 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     logging.info("resumed from step %d", start_step)
   else:
     state = jax.jit(init_fn, out_shardings=shardings)(init_rng)
+    loaded = task.load_pretrained(jax.device_get(state["params"]),
+                                  jax.device_get(state["model_state"]))
+    if loaded is not None:
+      state = {**state, "params": loaded[0], "model_state": loaded[1]}
+      state = mesh_lib.host_to_global(state, shardings)
   num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
   logging.info("task %s: %d parameters, %d devices, global batch %d", config.task,
                num_params, mesh.devices.size, config.batch_size)

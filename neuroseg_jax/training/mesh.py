@@ -83,6 +83,13 @@ def to_global_batch(local_batch: dict, mesh: Mesh) -> dict:
       lambda x: jax.make_array_from_process_local_data(sharding, np.asarray(x)), local_batch)
 
 
+def host_to_global(tree: Any, shardings: Any) -> Any:
+  """Host numpy values, identical on every process -> global arrays with `shardings`."""
+  return jax.tree.map(
+      lambda x, sharding: jax.make_array_from_process_local_data(sharding, np.asarray(x)),
+      tree, shardings)
+
+
 def to_replicated(tree: Any, mesh: Mesh) -> Any:
   """Host numpy values, identical on every process -> replicated global arrays."""
   sharding = replicated(mesh)
