@@ -26,9 +26,10 @@ def test_arand_and_voi_by_hand():
   voi = m.variation_of_information(gt, seg)
   assert voi["voi_split"] == pytest.approx(2 / 3)
   assert voi["voi_merge"] == pytest.approx(0.0, abs=1e-12)
-  # The swapped roles: a merge of 3 segments' voxels.
+  # Swapping the roles turns the split into a merge.
   swapped = m.variation_of_information(seg, gt)
-  assert swapped["voi_merge"] == pytest.approx(2 / 3) and swapped["voi_split"] == pytest.approx(0.0, abs=1e-12)
+  assert swapped["voi_merge"] == pytest.approx(2 / 3)
+  assert swapped["voi_split"] == pytest.approx(0.0, abs=1e-12)
 
 
 def test_ground_truth_background_is_ignored_and_predicted_background_is_singletons():

@@ -47,7 +47,8 @@ def test_weighted_bce_matches_numpy():
 def test_bce_is_stable_for_extreme_logits():
   logits = jnp.array([[-200.0, 200.0, 0.0]])
   targets = jnp.array([[0.0, 1.0, 1.0]])
-  np.testing.assert_allclose(seg.weighted_bce_with_logits(logits, targets), np.log(2) / 3, rtol=1e-6)
+  np.testing.assert_allclose(seg.weighted_bce_with_logits(logits, targets), np.log(2) / 3,
+                             rtol=1e-6)
   np.testing.assert_allclose(seg.weighted_bce_with_logits(logits, 1 - targets),
                              (400 + np.log(2)) / 3, rtol=1e-6)
 

@@ -114,7 +114,7 @@ def instance_boundaries(
     * touching_only=False: any two different labels, one of them nonzero (so both sides
       of an instance/background edge and of an instance/instance edge);
     * touching_only=True: two different nonzero labels (contacts between instances
-      only; background is ignored).
+      only; background voxels in such a window are marked too).
   The volume edge is not a boundary (windows are clipped by `nearest` padding).
   """
   labels = check_label_volume(labels)

@@ -119,7 +119,8 @@ class MitochondriaEvaluator:
     table = em_metrics.overlap(self.labels, instances)
     scores = em_metrics.instance_scores_by_mean(instances, prediction[..., 0])
     for name, iou in (("ap75", 0.75), ("ap50", 0.5)):
-      yield f"{self.prefix}/{name}", em_metrics.instance_ap(self.labels, instances, iou, scores, table)
+      ap = em_metrics.instance_ap(self.labels, instances, iou, scores, table)
+      yield f"{self.prefix}/{name}", ap
     overlap = em_metrics.foreground_dice_iou(self.labels, prediction[..., 0] > 0.5)
     yield f"{self.prefix}/dice", overlap["dice"]
     yield f"{self.prefix}/iou", overlap["iou"]

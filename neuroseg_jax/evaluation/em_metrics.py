@@ -50,11 +50,11 @@ class Overlap:
 
 
 def _compact(labels: np.ndarray):
-  """labels -> (ids 0..K-1 with 0 kept at 0, [K] int64 original label of each id)."""
+  """labels -> (ids 0..K-1 with 0 kept at 0, [K] original label of each id)."""
   if labels.dtype == bool:
     labels = labels.view(np.uint8)
   compact, mapping = fastremap.renumber(labels, preserve_zero=True, in_place=False)
-  ids = np.zeros(len(mapping) + (0 not in mapping), np.int64)
+  ids = np.zeros(len(mapping) + (0 not in mapping), labels.dtype)
   for old, new in mapping.items():
     ids[new] = old
   return compact, ids
@@ -62,9 +62,10 @@ def _compact(labels: np.ndarray):
 
 def _check_pair(gt: np.ndarray, seg: np.ndarray, name: str):
   gt, seg = np.asarray(gt), np.asarray(seg)
-  if gt.shape != seg.shape or gt.ndim == 0:
-    raise DataError(name, f"shape {seg.shape} differs from the ground truth's {gt.shape}"
-                    if gt.shape != seg.shape else "expected a label volume, got a scalar")
+  if gt.shape != seg.shape:
+    raise DataError(name, f"shape {seg.shape} differs from the ground truth's {gt.shape}")
+  if gt.ndim == 0:
+    raise DataError(name, "expected a label volume, got a scalar")
   for array, what in ((gt, "ground truth"), (seg, name)):
     if not (np.issubdtype(array.dtype, np.integer) or array.dtype == bool):
       raise DataError(what, f"expected integer labels, got dtype {array.dtype}")
@@ -108,7 +109,7 @@ def adapted_rand(gt: np.ndarray, seg: np.ndarray, table: Overlap | None = None) 
 
   0 for a perfect segmentation; 1 - F-score of Rand precision and recall.
   """
-  table = (table or overlap(gt, seg)).without_gt_background()
+  table = (table if table is not None else overlap(gt, seg)).without_gt_background()
   counts = table.counts
   singletons = float(counts[:, 0].sum())  # predicted background: one-voxel segments
   counts = counts[:, 1:]
@@ -131,7 +132,7 @@ def _entropy(counts, total: float) -> float:
 def variation_of_information(gt: np.ndarray, seg: np.ndarray,
                              table: Overlap | None = None) -> dict:
   """VI over ground-truth foreground -> {"voi_split": H(seg|gt), "voi_merge": H(gt|seg)} (bits)."""
-  counts = (table or overlap(gt, seg)).without_gt_background().counts
+  counts = (table if table is not None else overlap(gt, seg)).without_gt_background().counts
   total = float(counts.sum())
   if total == 0:
     raise DataError("ground truth", "has no foreground voxels; the VI is undefined")
@@ -167,7 +168,7 @@ def instance_ap(gt: np.ndarray, seg: np.ndarray, iou_threshold: float = 0.75,
   Returns:
     AP in [0, 1]; NaN when gt has no instances (undefined, as COCO's -1).
   """
-  table = table or overlap(gt, seg)
+  table = table if table is not None else overlap(gt, seg)
   inter = table.counts[1:, 1:].tocsc()  # [Ng, Ns] foreground overlaps, columns = predictions
   gt_sizes = np.asarray(table.counts[1:].sum(axis=1)).ravel()
   seg_sizes = np.asarray(table.counts[:, 1:].sum(axis=0)).ravel()
@@ -193,6 +194,8 @@ def instance_ap(gt: np.ndarray, seg: np.ndarray, iou_threshold: float = 0.75,
 
 def _interpolated_ap(true_positive: np.ndarray, num_gt: int) -> float:
   """101-point interpolated AP (COCO) of a ranked [P] bool list of detections."""
+  if not len(true_positive):
+    return 0.0
   tp = np.cumsum(true_positive)
   recall = tp / num_gt
   precision = tp / np.arange(1, len(tp) + 1)
@@ -200,7 +203,7 @@ def _interpolated_ap(true_positive: np.ndarray, num_gt: int) -> float:
   thresholds = np.linspace(0.0, 1.0, 101)
   where = np.searchsorted(recall, thresholds, side="left")
   sampled = np.where(where < len(precision), precision[np.minimum(where, len(precision) - 1)], 0.0)
-  return float(sampled.mean()) if len(tp) else 0.0
+  return float(sampled.mean())
 
 
 def foreground_dice_iou(gt: np.ndarray, pred: np.ndarray) -> dict:

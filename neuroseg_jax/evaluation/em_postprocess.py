@@ -68,11 +68,11 @@ def connected_components(mask: np.ndarray, connectivity: int = 26, min_size: int
 
 @contextlib.contextmanager
 def _silenced_stdout():
-  """Silences the C++ progress prints of waterz (file descriptor 1) inside the block."""
+  """Silences waterz's progress prints (Python's and C++'s, file descriptor 1) in the block."""
   sys.stdout.flush()
   saved = os.dup(1)
   try:
-    with open(os.devnull, "w") as devnull:
+    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
       os.dup2(devnull.fileno(), 1)
       yield
   finally:
@@ -155,8 +155,9 @@ def binary_contour_watershed(prediction: np.ndarray, *, seed_foreground: float =
   """
   prediction = _channels_last(prediction, 2, "binary + contour prediction")
   fg, contour = prediction[..., 0], prediction[..., 1]
-  return seeded_watershed(1.0 - fg * (1.0 - contour), (fg > seed_foreground) & (contour < seed_contour),
-                          fg > foreground, min_seed_size=min_seed_size, min_size=min_size)
+  seeds = (fg > seed_foreground) & (contour < seed_contour)
+  return seeded_watershed(1.0 - fg * (1.0 - contour), seeds, fg > foreground,
+                          min_seed_size=min_seed_size, min_size=min_size)
 
 
 @POSTPROCESSORS.register("boundary_watershed")

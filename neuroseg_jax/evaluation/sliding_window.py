@@ -60,7 +60,7 @@ def window_starts(size: int, window: int, stride: int) -> list[int]:
 
 
 def _reflect(index: np.ndarray, size: int) -> np.ndarray:
-  """Maps padded coordinates to source ones, mirroring without repeating the edge (np.pad 'reflect')."""
+  """Padded coordinates -> source ones, mirrored without repeating the edge (np.pad 'reflect')."""
   if size == 1:
     return np.zeros_like(index)
   period = 2 * (size - 1)
@@ -108,49 +108,48 @@ def _shift_pairs(out: np.ndarray, valid: np.ndarray, axes: Sequence[int], offset
   out, valid = out.copy(), valid.copy()
   for k, offset in enumerate(offsets):
     for axis in axes:
-      o, dim = int(offset[axis]), axis + 1
-      if o == 0:
-        continue
-      n = out.shape[dim]
-      moved = np.zeros_like(out[..., k])
-      src = [slice(None)] * 4
-      dst = [slice(None)] * 4
-      src[dim] = slice(max(o, 0), n + min(o, 0))
-      dst[dim] = slice(max(-o, 0), n - max(o, 0))
-      moved[tuple(dst)] = out[..., k][tuple(src)]
-      mask = np.zeros_like(moved)
-      mask[tuple(dst)] = valid[..., k][tuple(src)]
-      out[..., k], valid[..., k] = moved, mask
+      if offset[axis]:
+        out[..., k] = _shifted(out[..., k], axis + 1, int(offset[axis]))
+        valid[..., k] = _shifted(valid[..., k], axis + 1, int(offset[axis]))
   return out, valid
+
+
+def _shifted(array: np.ndarray, dim: int, o: int) -> np.ndarray:
+  """result[..., r, ...] = array[..., r + o, ...] along `dim`; 0 where r + o is outside."""
+  n = array.shape[dim]
+  src, dst = [slice(None)] * array.ndim, [slice(None)] * array.ndim
+  src[dim] = slice(max(o, 0), n + min(o, 0))
+  dst[dim] = slice(max(-o, 0), n - max(o, 0))
+  result = np.zeros_like(array)
+  result[tuple(dst)] = array[tuple(src)]
+  return result
 
 
 class _SlabAccumulator:
   """Weighted sums over padded z-planes [z, Hp, Wp, K]; finished planes go to `out`."""
 
-  def __init__(self, out, pad_before: Sequence[int]):
+  def __init__(self, out, pad_before: Sequence[int], plane_shape: Sequence[int]):
     self.out, self.pad = out, pad_before
     self.first = 0  # padded z of the buffer's first plane
-    self.sums = self.weights = None
+    self.sums = np.zeros((0, *plane_shape, out.shape[-1]), np.float32)
+    self.weights = np.zeros((0, *plane_shape), np.float32)
 
-  def add(self, start: Sequence[int], values: np.ndarray, weights: np.ndarray, plane_shape):
+  def add(self, start: Sequence[int], values: np.ndarray, weights: np.ndarray):
+    """Adds one window's [d, h, w, K] values with [d, h, w] weights at padded `start`."""
     z0, y0, x0 = start
     d, h, w = weights.shape
-    rows = z0 + d - self.first
-    if self.sums is None or len(self.sums) < rows:
-      grow = rows - (0 if self.sums is None else len(self.sums))
-      new_sums = np.zeros((grow, *plane_shape, values.shape[-1]), np.float32)
-      new_weights = np.zeros((grow, *plane_shape), np.float32)
-      self.sums = new_sums if self.sums is None else np.concatenate([self.sums, new_sums])
-      self.weights = new_weights if self.weights is None else np.concatenate([self.weights, new_weights])
+    grow = z0 + d - self.first - len(self.sums)
+    if grow > 0:
+      self.sums = np.concatenate([self.sums, np.zeros((grow, *self.sums.shape[1:]), np.float32)])
+      self.weights = np.concatenate([self.weights, np.zeros((grow, *self.weights.shape[1:]),
+                                                            np.float32)])
     zs = slice(z0 - self.first, z0 - self.first + d)
     self.sums[zs, y0:y0 + h, x0:x0 + w] += values * weights[..., None]
     self.weights[zs, y0:y0 + h, x0:x0 + w] += weights
 
   def flush_before(self, z_end: int):
     """Normalises and writes padded planes [first, z_end) that are in the volume."""
-    if self.sums is None:
-      return
-    n = min(z_end - self.first, len(self.sums))
+    n = max(0, min(z_end - self.first, len(self.sums)))
     depth, height, width = self.out.shape[:3]
     pz, py, px = self.pad
     lo, hi = max(self.first, pz), min(self.first + n, pz + depth)
@@ -203,8 +202,10 @@ def sliding_window_predict(
   elif len(shape) != 4:
     raise DataError("volume", f"expected [D, H, W] or [D, H, W, C], got shape {shape}")
   size = tuple(volume.shape[:3])
-  if any(n < 1 for n in tuple(window) + tuple(stride)) or len(window) != 3 or len(stride) != 3:
-    raise DataError("sliding window", f"bad window {window} / stride {stride}")
+  if (len(window) != 3 or len(stride) != 3 or any(n < 1 for n in tuple(window) + tuple(stride))
+      or any(s > w for s, w in zip(stride, window))):
+    raise DataError("sliding window", f"window {tuple(window)} and stride {tuple(stride)} must be "
+                    "3 positive sizes with stride <= window (every voxel covered)")
   out = np.zeros((*size, num_outputs), np.float32) if out is None else out
   if tuple(out.shape) != (*size, num_outputs):
     raise DataError("sliding window output", f"shape {out.shape} != {(*size, num_outputs)}")
@@ -214,7 +215,7 @@ def sliding_window_predict(
   pad_before = tuple(padding)
   padded = [max(n + 2 * p, w) for n, p, w in zip(size, pad_before, window)]
   weights = blending_weights(window, blend)
-  accumulator = _SlabAccumulator(out, pad_before)
+  accumulator = _SlabAccumulator(out, pad_before, padded[1:])
   plane_starts = list(itertools.product(*[window_starts(n, w, s) for n, w, s in
                                           zip(padded[1:], window[1:], stride[1:])]))
   for z0 in window_starts(padded[0], window[0], stride[0]):
@@ -226,7 +227,7 @@ def sliding_window_predict(
         batch[i] = read_window(volume, start, window, pad_before)
       predictions = _flip_average(predict_fn, batch, flip_axes, offsets)
       for start, prediction in zip(starts, predictions):
-        accumulator.add(start, prediction, weights, padded[1:])
+        accumulator.add(start, prediction, weights)
   accumulator.flush_before(padded[0])
   return out
 

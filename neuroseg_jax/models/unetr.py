@@ -125,7 +125,8 @@ class UNETR(nn.Module):
   `decoder_width * 2**k` channels (64 -> 64/128/256/512 as in the reference); the raw
   input branch has decoder_width // 2 then decoder_width. `skip_blocks` (1-based, one
   per intermediate level, non-decreasing) defaults to evenly spaced blocks; the deepest
-  level is always the encoder output.
+  level is always the encoder output. `dtype` is the decoder's compute dtype (the
+  encoder carries its own); parameters stay float32. Bad input shapes raise DataError.
   """
   encoder: ViTEncoder
   out_channels: int
@@ -136,8 +137,7 @@ class UNETR(nn.Module):
   dtype: Any = jnp.float32
 
   def _skip_blocks(self, levels: int) -> tuple[int, ...]:
-    blocks = self.skip_blocks or default_skip_blocks(self.encoder.depth, levels)
-    blocks = tuple(blocks)
+    blocks = tuple(self.skip_blocks or default_skip_blocks(self.encoder.depth, levels))
     if (len(blocks) != levels - 1 or any(b < 1 or b > self.encoder.depth for b in blocks)
         or any(a > b for a, b in zip(blocks, blocks[1:]))):
       raise ValueError(f"skip_blocks must be {levels - 1} non-decreasing blocks in 1..."
@@ -176,9 +176,10 @@ class UNETR(nn.Module):
 
     # Skips: level k (1 <= k < levels) from block skip_blocks[k - 1], then the raw input.
     # strides[i] leads from level levels - i to level levels - i - 1.
-    skips = {0: ConvNormReLU(self.decoder_width, self.norm_momentum, self.dtype)(
-        ConvNormReLU(self.decoder_width // 2, self.norm_momentum, self.dtype)(
-            x.astype(self.dtype), train=train), train=train)}
+    raw = x.astype(self.dtype)
+    for features in (self.decoder_width // 2, self.decoder_width):
+      raw = ConvNormReLU(features, self.norm_momentum, self.dtype)(raw, train=train)
+    skips = {0: raw}
     for k, block in enumerate(self._skip_blocks(levels), start=1):
       skips[k] = SkipProjection(self.decoder_width * 2**k, strides[:levels - k],
                                 self.norm_momentum, self.dtype)(
