@@ -12,8 +12,8 @@ from pathlib import Path
 import numpy as np
 
 from neuroseg_jax.data.errors import DataError
-from neuroseg_jax.data.labels import read_image_file, read_yolo_masks, require_file
-from neuroseg_jax.data.movies import check_finite, check_pixel_dtype
+from neuroseg_jax.data.labels import read_image_file, read_yolo_masks
+from neuroseg_jax.data.movies import check_finite, check_pixel_dtype, require_file
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 

@@ -22,19 +22,12 @@ import tifffile
 from skimage.draw import polygon as fill_polygon
 
 from neuroseg_jax.data.errors import DataError
-from neuroseg_jax.data.movies import FrameFolderMovie
+from neuroseg_jax.data.movies import FrameFolderMovie, require_file
 from neuroseg_jax.registry import Registry, UnknownNameError
 
 MASK_READERS: Registry[Callable[..., np.ndarray]] = Registry("label format")
 # Normalised YOLO coordinates may exceed [0, 1] by float rounding only.
 _COORD_TOLERANCE = 1e-6
-
-
-def require_file(path) -> Path:
-  path = Path(path)
-  if not path.is_file():
-    raise DataError(path, "file not found")
-  return path
 
 
 def check_masks(source, masks: np.ndarray, image_hw=None) -> np.ndarray:
@@ -118,19 +111,35 @@ def read_yolo_masks(path, image_hw) -> np.ndarray:
 # ---------------------------------------------------------- STNeuroNet FinalMasks
 
 
-def _read_mat_array(path: Path, key: str) -> np.ndarray:
-  """A MATLAB variable in NumPy index order matching the images.
+def _binarize(path: Path, values: np.ndarray) -> np.ndarray:
+  """Mask values (any numeric dtype) -> bool (> 0); NaN/inf is a DataError."""
+  if values.dtype.kind not in "buif":
+    raise DataError(path, f"unsupported mask dtype {values.dtype}")
+  if values.dtype.kind == "f" and not np.isfinite(values).all():
+    raise DataError(path, "non-finite values (NaN or inf) in masks")
+  return values > 0
+
+
+def _read_mat_masks(path: Path, key: str) -> np.ndarray:
+  """A MATLAB mask variable -> bool array in NumPy index order matching the images.
 
   MATLAB stores column-major, so h5py (v7.3 files) sees the axes reversed and
   scipy.io.loadmat (older files) sees them as MATLAB does. STNeuroNet/SUNS
   masks read through h5py are (N, H, W) as they stand (checked against the abo275
   images and YOLO labels); loadmat therefore needs the (2, 1, 0) transpose.
+  v7.3 files are read in slabs of rows so no float64 copy of the whole stack is
+  ever held.
   """
   if h5py.is_hdf5(path):
     with h5py.File(path, "r") as f:
       if key not in f:
         raise DataError(path, f"no variable {key!r} (found: {', '.join(f.keys()) or 'nothing'})")
-      return np.asarray(f[key])
+      data = f[key]
+      if data.ndim != 3 or data.shape[1] == 0:
+        return _binarize(path, np.asarray(data))
+      step = data.chunks[1] if data.chunks else 32
+      return np.concatenate([_binarize(path, data[:, r:r + step])
+                             for r in range(0, data.shape[1], step)], axis=1)
   try:
     contents = scipy.io.loadmat(path)
   except Exception as e:  # loadmat raises ValueError/TypeError/MatReadError on junk.
@@ -138,7 +147,7 @@ def _read_mat_array(path: Path, key: str) -> np.ndarray:
   if key not in contents:
     found = ", ".join(k for k in contents if not k.startswith("__"))
     raise DataError(path, f"no variable {key!r} (found: {found or 'nothing'})")
-  return np.asarray(contents[key]).T
+  return _binarize(path, np.asarray(contents[key]).T)
 
 
 @MASK_READERS.register(".mat")
@@ -148,14 +157,8 @@ def read_final_masks(path, image_hw=None, key: str = "FinalMasks") -> np.ndarray
   A single-cell file (MATLAB drops the trailing singleton axis) gives N = 1.
   """
   path = require_file(path)
-  masks = _read_mat_array(path, key)
-  if masks.ndim == 2:
-    masks = masks[None]
-  if masks.dtype.kind not in "buif":
-    raise DataError(path, f"unsupported mask dtype {masks.dtype}")
-  if masks.dtype.kind == "f" and not np.isfinite(masks).all():
-    raise DataError(path, "non-finite values (NaN or inf) in masks")
-  return check_masks(path, masks > 0, image_hw)
+  masks = _read_mat_masks(path, key)
+  return check_masks(path, masks[None] if masks.ndim == 2 else masks, image_hw)
 
 
 # -------------------------------------------------------- instance-label images

@@ -116,7 +116,8 @@ def as_movie(movie, source: str = "array") -> Movie:
   return movie if isinstance(movie, Movie) else ArrayMovie(np.asarray(movie), source)
 
 
-def _require_file(path) -> Path:
+def require_file(path) -> Path:
+  """The path as a Path; a DataError "file not found" if it is not a file."""
   path = Path(path)
   if not path.is_file():
     raise DataError(path, "file not found")
@@ -148,7 +149,7 @@ class TiffPagesMovie(Movie):
 def read_tiff_stack(path) -> Movie:
   """A multipage TIFF [T, H, W]: memory-mapped when uncompressed and contiguous,
   otherwise read lazily page by page (or, if pages are not frames, all at once)."""
-  path = _require_file(path)
+  path = require_file(path)
   try:
     tiff = tifffile.TiffFile(path)
   except Exception as e:  # tifffile raises several types for unreadable files.
@@ -219,7 +220,7 @@ class HDF5Movie(Movie):
   """An HDF5 dataset [T, H, W] (ABO / SUNS layout: dataset "mov"), read lazily."""
 
   def __init__(self, path, dataset: str = "mov"):
-    path = _require_file(path)
+    path = require_file(path)
     self.source = str(path)
     try:
       self._file = h5py.File(path, "r")

@@ -1,16 +1,19 @@
 """Summary images of a movie [T, H, W], streamed in chunks of frames through JAX.
 
 `compute_summary_images` reads `chunk_size` frames at a time (the last chunk is
-zero-padded to the same static shape and masked), so one jit-compiled step
-serves the whole movie and memory stays bounded by one chunk plus a few [H, W]
-accumulators, whatever T is (e.g. 487x487x23,000).
+padded to the same static shape with copies of the reference frame, which add
+nothing to the centred sums), so one jit-compiled step serves the whole movie
+and memory stays bounded by one chunk plus a few [H, W] accumulators, whatever
+T is (e.g. 487x487x23,000).
 
 Numerics: accumulators are float32. Frames are centred by the per-pixel mean of
-the first chunk (`ref`) before sums, sums of squares and neighbour
-cross-products are accumulated, which removes the large common offset of raw
-fluorescence (baseline ~1000s of counts) and so the cancellation in
-E[x^2] - E[x]^2. Each chunk is reduced on its own before it is added to the
-running totals, which keeps the float32 rounding error near sqrt(#chunks) * eps.
+the first chunk (`ref`, the reference frame) before sums, sums of squares and
+neighbour cross-products are accumulated, which removes the large common offset
+of raw fluorescence (baseline ~1000s of counts) and so the cancellation in
+E[x^2] - E[x]^2. Sums are two-level: frames are added into per-chunk partial
+sums, which are then added to the running totals, so float32 rounding grows like
+(chunk_size + T / chunk_size) * eps rather than T * eps. The final combination
+of the [H, W] accumulators runs once, on the host, in float64.
 
 Definitions ([H, W] float32 each):
   mean, max, std (population, ddof=0);
@@ -24,7 +27,7 @@ Definitions ([H, W] float32 each):
 from __future__ import annotations
 
 import functools
-from typing import Iterator, Sequence
+from typing import Callable, Iterator, Sequence
 
 import jax
 import jax.numpy as jnp
@@ -38,27 +41,73 @@ SUMMARY_NAMES = ("mean", "max", "std", "robust_max", "corr")
 # Neighbour offsets (d_row, d_col); the other four neighbours are their mirrors.
 _FORWARD_OFFSETS = ((0, 1), (1, -1), (1, 0), (1, 1))
 _FLAT_RELATIVE_STD = 1e-6
+_ADDITIVE = ("sum", "sumsq", "cross")  # accumulators summed per chunk, then across chunks.
+DEFAULT_CHUNK_SIZE = 50  # frames; small chunks reuse host/device buffers.
+_MAX_GROUP = 5  # frames per scan step; 5 measured fastest on a 2-core CPU.
 
 
-def shift_zero(x: jax.Array, d_row: int, d_col: int) -> jax.Array:
-  """[..., H, W] -> [..., H, W] with out[..., r, c] = x[..., r + d_row, c + d_col],
-  zero where that index falls outside the image (|d| <= 1)."""
-  height, width = x.shape[-2:]
-  padded = jnp.pad(x, [(0, 0)] * (x.ndim - 2) + [(1, 1), (1, 1)])
-  return padded[..., 1 + d_row:1 + d_row + height, 1 + d_col:1 + d_col + width]
+def _overlap(d: int, n: int) -> tuple[slice, slice]:
+  """Along an axis of length n: slices of the p whose neighbour p + d is inside,
+  and of those neighbours."""
+  return slice(max(-d, 0), n - max(d, 0)), slice(max(d, 0), n - max(-d, 0))
 
 
-def padded_chunks(movie, chunk_size: int) -> Iterator[tuple[np.ndarray, int]]:
+def _pixel_pairs(x, d_row: int, d_col: int):
+  """[..., H, W] (NumPy or JAX) -> (x[p], x[p + d]) over the pixels p whose
+  neighbour p + d exists, each [..., H - |d_row|, W - |d_col|]."""
+  (rows_p, rows_q), (cols_p, cols_q) = (_overlap(d_row, x.shape[-2]),
+                                        _overlap(d_col, x.shape[-1]))
+  return x[..., rows_p, cols_p], x[..., rows_q, cols_q]
+
+
+def _place(values: np.ndarray, d_row: int, d_col: int) -> np.ndarray:
+  """Inverse of the overlap crop: values at the pixels p of `_pixel_pairs`,
+  zero-padded back to [H, W]."""
+  return np.pad(values, [(max(-d_row, 0), max(d_row, 0)), (max(-d_col, 0), max(d_col, 0))])
+
+
+def shift_zero(x: np.ndarray, d_row: int, d_col: int) -> np.ndarray:
+  """[H, W] -> [H, W] with out[r, c] = x[r + d_row, c + d_col], zero where that
+  index falls outside the image."""
+  return _place(_pixel_pairs(x, d_row, d_col)[1], d_row, d_col)
+
+
+def padded_chunks(movie, chunk_size: int, fill=None) -> Iterator[tuple[np.ndarray, int]]:
   """Yields (frames [chunk_size, H, W] float32, n_valid): consecutive chunks of
-  the movie, the last one zero-padded after its n_valid real frames."""
-  num_frames = len(movie)
-  for start in range(0, num_frames, chunk_size):
+  the movie, the last one padded after its n_valid real frames with copies of
+  `fill` [H, W], or with the chunk's first frame if `fill` is None."""
+  for start in range(0, len(movie), chunk_size):
     chunk = movie[start:start + chunk_size]
     n_valid = len(chunk)
     if n_valid < chunk_size:
-      chunk = np.concatenate([chunk, np.zeros((chunk_size - n_valid,) + chunk.shape[1:],
-                                              np.float32)])
+      pad = chunk[0] if fill is None else fill
+      chunk = np.concatenate([chunk, np.broadcast_to(pad, (chunk_size - n_valid,) + pad.shape)])
     yield chunk, n_valid
+
+
+def _aligned_buffer(shape, dtype=np.float32, alignment: int = 64) -> np.ndarray:
+  """An uninitialised host array whose data starts on an `alignment`-byte boundary."""
+  nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+  raw = np.empty(nbytes + alignment, np.uint8)
+  offset = -raw.ctypes.data % alignment
+  return raw[offset:offset + nbytes].view(dtype).reshape(shape)
+
+
+def staged_chunks(movie, chunk_size: int, fill=None,
+                  wait: Callable[[], object] = lambda: None) -> Iterator[tuple[jax.Array, int]]:
+  """Like `padded_chunks`, but yields device arrays staged through one reused,
+  64-byte aligned host buffer (which XLA:CPU then uses without a copy).
+
+  Each chunk is read from the movie while the caller's previous step may still
+  run; `wait()` must block until that step no longer needs the previous chunk
+  (e.g. `jax.block_until_ready` on its result) before the buffer is overwritten.
+  """
+  staging = None
+  for chunk, n_valid in padded_chunks(movie, chunk_size, fill):
+    wait()
+    staging = _aligned_buffer(chunk.shape) if staging is None else staging
+    staging[...] = chunk
+    yield jax.device_put(staging), n_valid
 
 
 def _chunk_frames(chunk_size: int, window: int, num_frames: int) -> int:
@@ -68,72 +117,92 @@ def _chunk_frames(chunk_size: int, window: int, num_frames: int) -> int:
   return min(max(window, chunk_size // window * window), whole_windows)
 
 
-def _valid_frames(chunk: jax.Array, n_valid) -> jax.Array:
-  """[C] bool: which frames of a padded chunk are real."""
-  return jnp.arange(chunk.shape[0]) < n_valid
-
-
-def _window_stack(chunk: jax.Array, window: int) -> jax.Array:
-  """[C, H, W] -> [C // window, window, H, W]."""
-  return chunk.reshape(chunk.shape[0] // window, window, *chunk.shape[1:])
-
-
-@jax.jit
-def _first_chunk_mean(chunk: jax.Array, n_valid) -> jax.Array:
-  """[C, H, W] padded chunk -> [H, W] mean of its n_valid real frames."""
-  return jnp.sum(chunk, axis=0) / n_valid
-
-
+@functools.partial(jax.jit, static_argnums=(0, 1))
 def _empty_state(height: int, width: int) -> dict:
-  """Fresh accumulators (distinct buffers: the step donates them)."""
-  zeros = lambda *lead: jnp.zeros((*lead, height, width), jnp.float32)
-  minus_inf = lambda: jnp.full((height, width), -jnp.inf, jnp.float32)
-  return {"sum": zeros(), "sumsq": zeros(), "max": minus_inf(), "robust_max": minus_inf(),
-          "cross": zeros(len(_FORWARD_OFFSETS))}
+  """Fresh accumulators (distinct buffers: the step donates them; one compiled
+  call rather than many eager ones). "cross" holds,
+  per forward offset d, the sum of products x[p] x[p + d] over the pixels p
+  whose neighbour exists ([H - |dr|, W - |dc|])."""
+  full = lambda value: jnp.full((height, width), value, jnp.float32)
+  return {"sum": full(0.0), "sumsq": full(0.0), "window_sum": full(0.0),
+          "max": full(-jnp.inf), "robust_max": full(-jnp.inf),
+          "cross": tuple(jnp.zeros((height - abs(dr), width - abs(dc)), jnp.float32)
+                         for dr, dc in _FORWARD_OFFSETS)}
+
+
+def _group_size(window: int) -> int:
+  """Frames per scan step: the largest divisor of `window` up to _MAX_GROUP, so
+  windows end on group boundaries."""
+  return max(d for d in range(1, _MAX_GROUP + 1) if window % d == 0)
+
+
+def _add_frames(ref: jax.Array, window: int, n_valid, state: dict, inputs) -> tuple[dict, None]:
+  """Scan step: adds a group of g frames [g, H, W] to `state`.
+
+  inputs = (frames [g, H, W], end: number of chunk frames up to and including
+  this group). Padding frames equal `ref`, so they add nothing to the centred
+  sums and cannot raise the max; only robust_max must skip windows that reach
+  past n_valid. The g-frame sums are written as explicit elementwise chains,
+  which XLA fuses into one pass that reads each accumulator once per group; on
+  CPU this measured ~1.5x faster than per-frame updates and far faster than
+  reducing the whole [C, H, W] chunk along T (a slow case for XLA:CPU).
+  """
+  frames, end = inputs
+  centred = [frame - ref for frame in frames]
+  window_sum = state["window_sum"] + sum(centred)
+  window_end = end % window == 0  # chunks start on window boundaries.
+  robust_max = jnp.where(window_end & (end <= n_valid),
+                         jnp.maximum(state["robust_max"], window_sum / window + ref),
+                         state["robust_max"])
+  frame_max = state["max"]
+  for frame in frames:
+    frame_max = jnp.maximum(frame_max, frame)
+  cross = tuple(total + sum(jnp.multiply(*_pixel_pairs(c, dr, dc)) for c in centred)
+                for total, (dr, dc) in zip(state["cross"], _FORWARD_OFFSETS))
+  return {"sum": state["sum"] + sum(centred),
+          "sumsq": state["sumsq"] + sum(c * c for c in centred),
+          "window_sum": jnp.where(window_end, 0.0, window_sum),
+          "max": frame_max, "robust_max": robust_max, "cross": cross}, None
 
 
 @functools.partial(jax.jit, static_argnames="window", donate_argnums=0)
 def _accumulate(state: dict, chunk: jax.Array, n_valid, ref: jax.Array, window: int) -> dict:
-  """Adds one padded chunk [C, H, W] (n_valid real frames) to the running sums."""
-  valid = _valid_frames(chunk, n_valid)[:, None, None]
-  centred = jnp.where(valid, chunk - ref, 0.0)
-  window_means = jnp.mean(_window_stack(centred, window), axis=1) + ref
-  whole_window = (jnp.arange(window_means.shape[0]) + 1) * window <= n_valid
-  cross = jnp.stack([jnp.sum(centred * shift_zero(centred, dr, dc), axis=0)
-                     for dr, dc in _FORWARD_OFFSETS])
-  return {
-      "sum": state["sum"] + jnp.sum(centred, axis=0),
-      "sumsq": state["sumsq"] + jnp.sum(centred * centred, axis=0),
-      "max": jnp.maximum(state["max"], jnp.max(jnp.where(valid, chunk, -jnp.inf), axis=0)),
-      "robust_max": jnp.maximum(state["robust_max"], jnp.max(
-          jnp.where(whole_window[:, None, None], window_means, -jnp.inf), axis=0)),
-      "cross": state["cross"] + cross,
-  }
+  """Adds one chunk [C, H, W] whose first n_valid frames are real and the rest
+  copies of `ref` (see `padded_chunks`)."""
+  group = _group_size(window)
+  num_groups = chunk.shape[0] // group
+  groups = chunk.reshape(num_groups, group, *chunk.shape[1:])
+  ends = (jnp.arange(num_groups) + 1) * group
+  step = functools.partial(_add_frames, ref, window, n_valid)
+  partial = {**state, **{k: jax.tree.map(jnp.zeros_like, state[k]) for k in _ADDITIVE}}
+  partial = jax.lax.scan(step, partial, (groups, ends))[0]
+  return {**partial, **{k: jax.tree.map(jnp.add, state[k], partial[k]) for k in _ADDITIVE}}
 
 
-@jax.jit
-def _finalize(state: dict, ref: jax.Array, num_frames) -> dict:
-  """Running sums -> the summary images [H, W]."""
+def _finalize(state: dict, ref: np.ndarray, num_frames: int) -> dict:
+  """Running sums -> the summary images [H, W] float32 (one pass over [H, W]
+  arrays, done on the host in float64)."""
+  state = jax.tree.map(lambda a: np.asarray(a, np.float64), state)
+  ref = np.asarray(ref, np.float64)
   mean_centred = state["sum"] / num_frames
-  std = jnp.sqrt(jnp.maximum(state["sumsq"] / num_frames - mean_centred**2, 0.0))
+  std = np.sqrt(np.maximum(state["sumsq"] / num_frames - mean_centred**2, 0.0))
   mean = mean_centred + ref
-  resolvable = std > _FLAT_RELATIVE_STD * jnp.abs(mean)
-  safe_std = jnp.where(resolvable, std, 1.0)
-  corr_sum = jnp.zeros_like(std)
-  neighbours = jnp.zeros_like(std)
-  for k, (dr, dc) in enumerate(_FORWARD_OFFSETS):
-    exists = shift_zero(jnp.ones_like(std), dr, dc)
-    cov = state["cross"][k] / num_frames - mean_centred * shift_zero(mean_centred, dr, dc)
+  resolvable = std > _FLAT_RELATIVE_STD * np.abs(mean)
+  corr_sum, neighbours = np.zeros_like(std), np.zeros_like(std)
+  for cross, (dr, dc) in zip(state["cross"], _FORWARD_OFFSETS):
+    exists = shift_zero(np.ones_like(std), dr, dc)
+    cov = _place(cross, dr, dc) / num_frames - mean_centred * shift_zero(mean_centred, dr, dc)
     both = resolvable & shift_zero(resolvable, dr, dc)
-    corr = jnp.where(both, cov / (safe_std * shift_zero(safe_std, dr, dc)), 0.0) * exists
-    corr = jnp.clip(corr, -1.0, 1.0)
+    corr = np.divide(cov, std * shift_zero(std, dr, dc), out=np.zeros_like(cov), where=both)
+    corr = np.clip(corr, -1.0, 1.0)
     corr_sum += corr + shift_zero(corr, -dr, -dc)  # pixel p and its mirror neighbour p + d.
     neighbours += exists + shift_zero(exists, -dr, -dc)
-  return {"mean": mean, "max": state["max"], "std": std, "robust_max": state["robust_max"],
-          "corr": corr_sum / jnp.maximum(neighbours, 1.0)}
+  images = {"mean": mean, "max": state["max"], "std": std, "robust_max": state["robust_max"],
+            "corr": corr_sum / neighbours}
+  return {name: image.astype(np.float32) for name, image in images.items()}
 
 
-def compute_summary_images(movie, chunk_size: int = 200, window: int = 10) -> dict:
+def compute_summary_images(movie, chunk_size: int = DEFAULT_CHUNK_SIZE, window: int = 10) -> dict:
   """Movie [T, H, W] (a Movie or an array) -> {name: [H, W] float32} for SUMMARY_NAMES.
 
   `chunk_size` frames are read and reduced at a time (rounded to a multiple of
@@ -144,21 +213,23 @@ def compute_summary_images(movie, chunk_size: int = 200, window: int = 10) -> di
   if num_frames < window:
     raise DataError(movie.source, f"{num_frames} frames, fewer than the robust-max window "
                     f"of {window} frames")
-  state, ref = _empty_state(height, width), None
-  for chunk, n_valid in padded_chunks(movie, _chunk_frames(chunk_size, window, num_frames)):
-    chunk = jnp.asarray(chunk)
-    if ref is None:
-      ref = _first_chunk_mean(chunk, n_valid)
-    state = _accumulate(state, chunk, n_valid, ref, window)
-  return {name: np.asarray(image) for name, image in _finalize(state, ref, num_frames).items()}
+  chunk_frames = _chunk_frames(chunk_size, window, num_frames)
+  ref = movie[:chunk_frames].mean(axis=0, dtype=np.float64).astype(np.float32)
+  state, ref_on_device = _empty_state(height, width), jnp.asarray(ref)
+  wait = lambda: jax.block_until_ready(state)  # sees the latest `state`.
+  for chunk, n_valid in staged_chunks(movie, chunk_frames, ref, wait):
+    state = _accumulate(state, chunk, n_valid, ref_on_device, window)
+  return _finalize(state, ref, num_frames)
 
 
 @functools.partial(jax.jit, static_argnames="window")
 def _window_max(chunk: jax.Array, window: int) -> jax.Array:
-  return jnp.max(_window_stack(chunk, window), axis=1)
+  """[C, H, W] -> [C // window, H, W] max over each window of frames."""
+  return jnp.max(chunk.reshape(-1, window, *chunk.shape[1:]), axis=1)
 
 
-def windowed_max_projections(movie, window: int = 10, chunk_size: int = 200) -> np.ndarray:
+def windowed_max_projections(movie, window: int = 10,
+                             chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.ndarray:
   """Movie [T, H, W] -> [T // window, H, W] float32: the max projection of each
   consecutive non-overlapping window of frames (TiCo's unlabeled images); the last
   T mod window frames are left out."""
@@ -166,8 +237,8 @@ def windowed_max_projections(movie, window: int = 10, chunk_size: int = 200) -> 
   if len(movie) < window:
     raise DataError(movie.source, f"{len(movie)} frames, fewer than one window of {window}")
   projections = []
-  for chunk, n_valid in padded_chunks(movie, _chunk_frames(chunk_size, window, len(movie))):
-    projections.append(np.asarray(_window_max(jnp.asarray(chunk), window))[:n_valid // window])
+  for chunk, n_valid in staged_chunks(movie, _chunk_frames(chunk_size, window, len(movie))):
+    projections.append(np.asarray(_window_max(chunk, window))[:n_valid // window])
   return np.concatenate(projections)
 
 

@@ -1,0 +1,176 @@
+"""Movie readers: each layout on small files, the real SIMA movie, and bad input."""
+
+import h5py
+import numpy as np
+import pytest
+import tifffile
+
+from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.data.movies import (ArrayMovie, FrameFolderMovie, HDF5Movie, TiffPagesMovie,
+                                      open_movie)
+
+
+@pytest.fixture
+def frames():
+  return np.random.default_rng(0).integers(0, 4000, size=(7, 5, 6)).astype(np.uint16)
+
+
+def write_folder(folder, frames, names=None):
+  folder.mkdir()
+  names = names or [f"frame_{t}.tif" for t in range(len(frames))]
+  for name, frame in zip(names, frames):
+    tifffile.imwrite(folder / name, frame)
+  return folder
+
+
+def test_contiguous_tiff_is_memory_mapped(tmp_path, frames):
+  tifffile.imwrite(tmp_path / "m.tif", frames)
+  movie = open_movie(tmp_path / "m.tif")
+  assert isinstance(movie, ArrayMovie) and isinstance(movie._array, np.memmap)
+  assert movie.shape == (7, 5, 6) and movie.dtype == np.uint16
+  chunk = movie[2:5]
+  assert chunk.dtype == np.float32
+  np.testing.assert_array_equal(chunk, frames[2:5])
+  np.testing.assert_array_equal(movie[-1], frames[6])
+
+
+def test_compressed_tiff_is_read_page_by_page(tmp_path, frames):
+  tifffile.imwrite(tmp_path / "m.tiff", frames, compression="zlib")
+  with open_movie(tmp_path / "m.tiff") as movie:
+    assert isinstance(movie, TiffPagesMovie)
+    np.testing.assert_array_equal(movie[3:7], frames[3:7])
+    np.testing.assert_array_equal(np.asarray(movie), frames)
+
+
+def test_frame_folder_in_natural_order(tmp_path, frames):
+  names = [f"img{t}.tif" for t in range(len(frames))]  # img10 would sort before img2 as text.
+  folder = write_folder(tmp_path / "frames", frames, names)
+  movie = open_movie(folder)
+  assert isinstance(movie, FrameFolderMovie) and movie.shape == (7, 5, 6)
+  np.testing.assert_array_equal(movie[1:4], frames[1:4])
+  assert [p.name for p in movie.files][:3] == ["img0.tif", "img1.tif", "img2.tif"]
+
+
+def test_natural_order_beyond_nine(tmp_path):
+  frames = np.arange(12, dtype=np.uint8)[:, None, None] * np.ones((1, 2, 2), np.uint8)
+  movie = open_movie(write_folder(tmp_path / "f", frames))
+  np.testing.assert_array_equal(movie[:][:, 0, 0], np.arange(12))
+
+
+def test_hdf5_movie(tmp_path, frames):
+  with h5py.File(tmp_path / "m.h5", "w") as f:
+    f["mov"] = frames.astype(np.float32)
+    f["other"] = frames[:2]
+  with open_movie(tmp_path / "m.h5") as movie:
+    assert isinstance(movie, HDF5Movie) and movie.dtype == np.float32
+    np.testing.assert_array_equal(movie[0:3], frames[:3])
+  with open_movie(tmp_path / "m.h5", dataset="other") as movie:
+    assert movie.shape == (2, 5, 6)
+
+
+def test_real_sima_movie(shared_data):
+  path = shared_data / "sima_movie" / "example.tif"
+  with open_movie(path) as movie:
+    assert movie.shape == (20, 128, 256) and movie.dtype == np.uint16
+    np.testing.assert_array_equal(movie[5:9], tifffile.imread(path)[5:9])
+    assert 0 <= movie[:].min() and movie[:].max() <= 4094
+
+
+# ------------------------------------------------------------------ bad input
+
+
+@pytest.mark.parametrize("name", ["nope.tif", "nope.h5", "nope_folder"])
+def test_missing_path(tmp_path, name):
+  with pytest.raises(DataError, match=f"{name}: file not found"):
+    open_movie(tmp_path / name)
+
+
+def test_unknown_suffix(tmp_path):
+  (tmp_path / "m.avi").write_bytes(b"x")
+  with pytest.raises(DataError, match=r"m\.avi: unknown movie format '\.avi'"):
+    open_movie(tmp_path / "m.avi")
+
+
+def test_two_dimensional_tiff(tmp_path):
+  tifffile.imwrite(tmp_path / "one.tif", np.zeros((5, 6), np.uint16))
+  with pytest.raises(DataError,
+                     match=r"one\.tif: expected a 3-D stack \[T, H, W\], got shape \(5, 6\)"):
+    open_movie(tmp_path / "one.tif")
+
+
+def test_four_dimensional_hdf5(tmp_path):
+  with h5py.File(tmp_path / "m.h5", "w") as f:
+    f["mov"] = np.zeros((2, 3, 4, 5), np.float32)
+  with pytest.raises(DataError, match=r"m\.h5: expected a 3-D stack .* \(2, 3, 4, 5\)"):
+    open_movie(tmp_path / "m.h5")
+
+
+def test_unreadable_tiff(tmp_path):
+  (tmp_path / "junk.tif").write_bytes(b"")
+  with pytest.raises(DataError, match=r"junk\.tif: not a readable TIFF"):
+    open_movie(tmp_path / "junk.tif")
+
+
+def test_hdf5_without_dataset(tmp_path):
+  with h5py.File(tmp_path / "m.h5", "w") as f:
+    f["data"] = np.zeros((2, 3, 4), np.float32)
+  with pytest.raises(DataError, match=r"m\.h5: no dataset 'mov' \(found: data\)"):
+    open_movie(tmp_path / "m.h5")
+
+
+def test_empty_hdf5_movie(tmp_path):
+  with h5py.File(tmp_path / "m.h5", "w") as f:
+    f["mov"] = np.zeros((0, 3, 4), np.float32)
+  with pytest.raises(DataError, match=r"m\.h5: empty movie of shape \(0, 3, 4\)"):
+    open_movie(tmp_path / "m.h5")
+
+
+def test_empty_folder(tmp_path):
+  (tmp_path / "frames").mkdir()
+  with pytest.raises(DataError, match="frames: no .tif/.tiff frames"):
+    open_movie(tmp_path / "frames")
+
+
+def test_nan_found_in_the_chunk_that_holds_it(tmp_path, frames):
+  movie = frames.astype(np.float32)
+  movie[4, 1, 2] = np.nan
+  tifffile.imwrite(tmp_path / "m.tif", movie)
+  reader = open_movie(tmp_path / "m.tif")
+  np.testing.assert_array_equal(reader[0:4], movie[0:4])  # clean chunk reads fine.
+  with pytest.raises(DataError, match=r"m\.tif: non-finite values \(NaN or inf\) in frame 4"):
+    reader[3:6]
+
+
+def test_inf_in_hdf5(tmp_path, frames):
+  movie = frames.astype(np.float64)
+  movie[6, 0, 0] = np.inf
+  with h5py.File(tmp_path / "m.h5", "w") as f:
+    f["mov"] = movie
+  with pytest.raises(DataError, match=r"m\.h5: non-finite values .* frame 6"):
+    open_movie(tmp_path / "m.h5")[:]
+
+
+def test_unsupported_dtype(tmp_path):
+  tifffile.imwrite(tmp_path / "c.tif", np.zeros((3, 4, 5), np.complex64))
+  with pytest.raises(DataError, match=r"c\.tif: unsupported pixel dtype complex64"):
+    open_movie(tmp_path / "c.tif")
+  with h5py.File(tmp_path / "b.h5", "w") as f:
+    f["mov"] = np.zeros((3, 4, 5), bool)
+  with pytest.raises(DataError, match=r"b\.h5: unsupported pixel dtype bool"):
+    open_movie(tmp_path / "b.h5")
+
+
+def test_frame_folder_with_mismatched_frame(tmp_path, frames):
+  folder = write_folder(tmp_path / "f", frames)
+  tifffile.imwrite(folder / "frame_3.tif", np.zeros((4, 6), np.uint16))
+  movie = open_movie(folder)
+  np.testing.assert_array_equal(movie[0:3], frames[0:3])
+  with pytest.raises(DataError, match=r"frame_3\.tif: frame is \(4, 6\) uint16, but the first"):
+    movie[2:5]
+
+
+def test_frame_folder_with_stack_as_frame(tmp_path, frames):
+  folder = write_folder(tmp_path / "f", frames[:2])
+  tifffile.imwrite(folder / "frame_0.tif", frames[:3])
+  with pytest.raises(DataError, match=r"frame_0\.tif: expected one 2-D frame"):
+    open_movie(folder)
