@@ -21,15 +21,20 @@ def _parse_value(text: str) -> Any:
     return text
 
 
-def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
+def parse_arg(arg: str | None, variants: dict[str, dict] | None = None,
+              **defaults: Any) -> ml_collections.ConfigDict:
   """Parses "variant,key=value,..." against `defaults`.
 
-  Every name must be a key of `defaults` (variants are boolean defaults), so a
-  typo fails at start with the valid choices listed.
+  Every name must be a key of `defaults` (a variant is a boolean default), so a
+  typo fails at start with the valid choices listed. `variants` maps a variant
+  name to the defaults it changes (e.g. {"smoke": {"steps": 3}}); explicit
+  `key=value` pairs win over variants, wherever they stand in the string.
 
   Returns a ConfigDict of the defaults updated by the argument.
   """
+  variants = variants or {}
   result = dict(defaults)
+  explicit = {}
   for item in (arg or "").split(","):
     item = item.strip()
     if not item:
@@ -43,13 +48,19 @@ def parse_arg(arg: str | None, **defaults: Any) -> ml_collections.ConfigDict:
       if not isinstance(defaults[key], bool):
         raise ValueError(f"config argument {key!r} needs a value ({key}=...)")
       result[key] = True
+      result.update(variants.get(key, {}))
     else:
-      parsed = _parse_value(value.strip())
-      default = defaults[key]
-      if isinstance(default, float) and isinstance(parsed, int) and not isinstance(parsed, bool):
-        parsed = float(parsed)
-      if default is not None and type(parsed) is not type(default):
-        raise ValueError(f"config argument {key!r} expects {type(default).__name__}, "
-                         f"got {value!r}")
-      result[key] = parsed
+      explicit[key] = _typed(key, value.strip(), defaults[key])
+  result.update(explicit)
   return ml_collections.ConfigDict(result)
+
+
+def _typed(key: str, value: str, default: Any) -> Any:
+  parsed = _parse_value(value)
+  if isinstance(default, float) and isinstance(parsed, int) and not isinstance(parsed, bool):
+    parsed = float(parsed)
+  if isinstance(default, str) and not isinstance(parsed, str):
+    parsed = value  # e.g. a numeric-looking name
+  if default is not None and type(parsed) is not type(default):
+    raise ValueError(f"config argument {key!r} expects {type(default).__name__}, got {value!r}")
+  return parsed

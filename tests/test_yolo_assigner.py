@@ -14,13 +14,25 @@ PIXEL_POINTS = POINTS * STRIDES
 NUM_ANCHORS = len(POINTS)
 
 
-def assign(scores, pred_boxes, gt_boxes, gt_valid=None, **kwargs):
-  """Batch-of-one wrapper: scores [A], pred_boxes [A, 4], gt_boxes [M, 4]."""
-  gt_boxes = np.asarray(gt_boxes, np.float32)
-  gt_valid = np.ones(len(gt_boxes), bool) if gt_valid is None else np.asarray(gt_valid)
-  fn = jax.jit(functools.partial(yolo_assigner.assign_targets, **kwargs))
-  out = fn(np.asarray(scores, np.float32)[None, :, None], np.asarray(pred_boxes, np.float32)[None],
-           PIXEL_POINTS, np.zeros((1, len(gt_boxes)), np.int32), gt_boxes[None], gt_valid[None])
+MAX_GTS = 3
+_ASSIGN = {topk: jax.jit(functools.partial(yolo_assigner.assign_targets, topk=topk))
+           for topk in (10, NUM_ANCHORS)}
+
+
+def assign(scores, pred_boxes, gt_boxes, gt_valid=None, topk=10):
+  """Batch-of-one wrapper: scores [A], pred_boxes [A, 4], gt_boxes [M <= 3, 4].
+
+  Ground truth is padded to 3 slots (invalid, zero boxes) so every call shares one
+  compiled assigner per topk.
+  """
+  num = len(gt_boxes)
+  boxes = np.zeros((1, MAX_GTS, 4), np.float32)
+  boxes[0, :num] = gt_boxes
+  valid = np.zeros((1, MAX_GTS), bool)
+  valid[0, :num] = True if gt_valid is None else gt_valid
+  out = _ASSIGN[topk](np.asarray(scores, np.float32)[None, :, None],
+                      np.asarray(pred_boxes, np.float32)[None], PIXEL_POINTS,
+                      np.zeros((1, MAX_GTS), np.int32), boxes, valid)
   return jax.tree.map(lambda a: np.asarray(a[0]), out)
 
 
@@ -89,3 +101,22 @@ def test_padding_boxes_are_ignored():
   np.testing.assert_allclose(padded.target_scores, alone.target_scores, atol=1e-6)
   nothing = assign(scores, pred, [pad], gt_valid=[False])
   assert not nothing.foreground.any() and nothing.target_scores.max() == 0
+
+
+def test_normalization_eps_matters_for_tiny_overlaps():
+  # A 12-pixel box, one anchor centre inside it, every prediction a 64-pixel box:
+  # CIoU ~ .034, metric a = .5^.5 * CIoU^6 ~ 1e-9, comparable to the default eps.
+  gt = np.asarray([24.0, 24.0, 36.0, 36.0])
+  pred = np.tile([0.0, 0.0, 64.0, 64.0], (NUM_ANCHORS, 1))
+  ciou = float(box_ops.complete_iou(pred[0], gt))
+  metric = 0.5**0.5 * ciou**6
+  default = assign(np.full(NUM_ANCHORS, 0.5), pred, [gt])
+  assert np.flatnonzero(default.foreground).tolist() == [p3_index(3, 3)]
+  target = default.target_scores[p3_index(3, 3), 0]
+  np.testing.assert_allclose(target, ciou * metric / (metric + 1e-9), rtol=1e-4)
+  assert target < 0.6 * ciou
+  tiny_eps = jax.jit(functools.partial(yolo_assigner.assign_targets, eps=1e-30))
+  out = tiny_eps(np.full((1, NUM_ANCHORS, 1), 0.5, np.float32), pred[None].astype(np.float32),
+                 PIXEL_POINTS, np.zeros((1, 1), np.int32), gt[None, None].astype(np.float32),
+                 np.ones((1, 1), bool))
+  np.testing.assert_allclose(out.target_scores[0, p3_index(3, 3), 0], ciou, rtol=1e-4)

@@ -4,7 +4,7 @@
 boxes: each box is predicted by the stride-8 anchor under its centre (DFL logits
 put the probability on the two bins around each distance, so the expectation is
 exact) and its mask by one prototype channel (+8 inside, -8 outside).
-`oracle_predict_fn` builds such outputs from the bright blobs of each image.
+`oracle_predict_fn` builds such outputs from the blobs of each image.
 """
 
 from __future__ import annotations
@@ -72,19 +72,27 @@ def encode_instances(boxes, proto_masks, image_size: int, scores=None, num_proto
 
 
 def blob_instances(image: np.ndarray):
-  """Bright blobs (channel 0 > 0.5) of an [S, S, C] image -> (boxes [N, 4], proto masks)."""
-  labels, num = ndimage.label(image[..., 0] > 0.5)
+  """Blobs of an [S, S, C] image (channel 0 > 0.05) -> boxes [N, 4], proto masks, scores.
+
+  A blob's score is its brightest value, clipped to [0.01, 0.99].
+  """
+  plane = image[..., 0]
+  labels, num = ndimage.label(plane > 0.05)
   size = image.shape[0]
-  boxes, masks = [], []
+  boxes, masks, scores = [], [], []
   for index, (rows, cols) in enumerate(ndimage.find_objects(labels), start=1):
     boxes.append([cols.start, rows.start, cols.stop, rows.stop])
     full = labels == index
     masks.append(full.reshape(size // 4, 4, size // 4, 4).mean(axis=(1, 3)) >= 0.5)
-  return np.asarray(boxes, np.float64).reshape(num, 4), np.asarray(masks).reshape(
-      num, size // 4, size // 4)
+    scores.append(np.clip(plane[full].max(), 0.01, 0.99))
+  return (np.asarray(boxes, np.float64).reshape(num, 4),
+          np.asarray(masks).reshape(num, size // 4, size // 4), np.asarray(scores))
 
 
 def oracle_predict_fn(images: np.ndarray) -> dict:
-  """[B, S, S, C] images -> head outputs that detect every bright blob (score 0.9)."""
-  per_image = [encode_instances(*blob_instances(im), image_size=im.shape[0]) for im in images]
+  """[B, S, S, C] images -> head outputs that detect every blob (see blob_instances)."""
+  per_image = []
+  for image in images:
+    boxes, masks, scores = blob_instances(image)
+    per_image.append(encode_instances(boxes, masks, image.shape[0], scores))
   return {key: np.concatenate([o[key] for o in per_image]) for key in per_image[0]}

@@ -33,10 +33,10 @@ def pairwise_box_iou(boxes1, boxes2):
   NumPy in, NumPy out; jax in, jax out.
   """
   xp = _array_module(boxes1, boxes2)
-  top_left = xp.maximum(boxes1[:, None, :2], boxes2[None, :, :2])
-  bottom_right = xp.minimum(boxes1[:, None, 2:], boxes2[None, :, 2:])
-  wh = xp.clip(bottom_right - top_left, 0, None)
-  inter = wh[..., 0] * wh[..., 1]
+  a, b = boxes1[:, None, :], boxes2[None, :, :]
+  inter_w = xp.clip(xp.minimum(a[..., 2], b[..., 2]) - xp.maximum(a[..., 0], b[..., 0]), 0, None)
+  inter_h = xp.clip(xp.minimum(a[..., 3], b[..., 3]) - xp.maximum(a[..., 1], b[..., 1]), 0, None)
+  inter = inter_w * inter_h
   union = box_area(boxes1)[:, None] + box_area(boxes2)[None, :] - inter
   return xp.where(union > 0, inter / xp.where(union > 0, union, 1), 0)
 

@@ -5,8 +5,9 @@ candidates; each candidate gets the alignment metric score^alpha * CIoU^beta
 (score = predicted probability of the box's class, CIoU clamped at 0, as in
 ultralytics); the top-k candidates per box become positives. An anchor positive for
 several boxes keeps only the box it overlaps most. Positive anchors get a soft
-class target: their metric divided by the best metric of their box, times the
-best CIoU of that box.
+class target: their metric divided by (the best metric of their box + eps), times
+the best CIoU of that box (eps matters for tiny objects, see
+`yolo_seg_loss.SegLossHyper.assigner_eps`).
 
 Static shapes throughout ([B, M, A] masks, M = padded instance count), so the
 assigner compiles once. Gradients never flow through it.
@@ -53,7 +54,7 @@ def _assign_image(scores, pred_boxes, points, gt_classes, gt_boxes, gt_valid, *,
   num_gts, num_anchors = gt_boxes.shape[0], points.shape[0]
   num_classes = scores.shape[-1]
   classes = jnp.clip(gt_classes, 0, num_classes - 1)
-  candidates = anchors_inside_boxes(points, gt_boxes, eps) & gt_valid[:, None]  # [M, A]
+  candidates = anchors_inside_boxes(points, gt_boxes) & gt_valid[:, None]  # [M, A]
 
   class_scores = scores[:, classes].T  # [M, A]
   overlaps = jnp.clip(box_ops.complete_iou(gt_boxes[:, None, :], pred_boxes[None, :, :]), 0)
@@ -97,7 +98,8 @@ def assign_targets(pred_scores: jax.Array, pred_boxes: jax.Array, anchor_points:
     gt_classes: [B, M] int class of each box (any value for padding).
     gt_boxes: [B, M, 4] xyxy boxes.
     gt_valid: [B, M] bool, False for padding entries.
-    topk, alpha, beta, eps: TAL hyper-parameters (ultralytics defaults).
+    topk, alpha, beta, eps: TAL hyper-parameters (ultralytics defaults); eps
+      guards the soft-target normalisation.
   Returns:
     Assignment with [B, A, ...] fields.
   """

@@ -10,15 +10,17 @@ Terms, each normalised as ultralytics does:
         prototype resolution) and divided by the box area; averaged over positives.
 total = box_gain * box + cls_gain * cls + dfl_gain * dfl + box_gain * mask.
 
-Scale: ultralytics returns total * batch_size. Every term above is already a mean
-over positives of the whole batch, so we return the total *without* the batch-size
-factor: the loss (and its gradient) does not grow with the batch, and learning
+Scale: ultralytics returns total * batch_size. Every term above is already
+normalised by a batch-wide sum (S or the number of positives), so we return the
+total *without* the batch-size factor: the loss (and its gradient) does not grow with the batch, and learning
 rates transfer between batch sizes. Multiply by the batch size to compare numbers
 with ultralytics logs.
 
 Everything is static-shape: positives for the mask term are gathered into
 P = min(topk * M, A) slots per image (an exact bound: every positive anchor was
-among the top-k of at least one box), so no positive is ever dropped.
+among the top-k of at least one box), so no positive is ever dropped. The mask
+term materialises [B, P, Hp, Wp] logits (as ultralytics does for its positives):
+keep the padded instance count M close to the real maximum.
 """
 
 from __future__ import annotations
@@ -37,13 +39,22 @@ from neuroseg_jax.models import yolo_decode
 
 @dataclasses.dataclass(frozen=True)
 class SegLossHyper:
-  """Gains and assigner settings (ultralytics defaults)."""
+  """Gains and assigner settings (ultralytics defaults).
+
+  `assigner_eps` is the guard in the soft-target normalisation
+  metric / (best metric of the box + eps). With beta = 6 and objects much smaller
+  than the initial predicted boxes (neurons of ~15 px against ~120 px boxes from a
+  uniform DFL), metrics start near IoU^6 ~ 1e-12 < eps, which shrinks every soft
+  target (and so the box / DFL weights) towards 0; a smaller eps keeps them at
+  their intended scale (the best-aligned anchor of each box gets its IoU).
+  """
   box_gain: float = 7.5
   cls_gain: float = 0.5
   dfl_gain: float = 1.5
   topk: int = 10
   alpha: float = 0.5
   beta: float = 6.0
+  assigner_eps: float = 1e-9
 
 
 def distribution_focal_loss(box_logits: jax.Array, target_ltrb: jax.Array) -> jax.Array:
@@ -132,7 +143,8 @@ def yolo_seg_loss(outputs: dict, batch: dict,
 
   assignment = yolo_assigner.assign_targets(
       jax.nn.sigmoid(cls_logits), pred_boxes * strides, points * strides, batch["classes"],
-      batch["boxes"], batch["valid"], topk=hyper.topk, alpha=hyper.alpha, beta=hyper.beta)
+      batch["boxes"], batch["valid"], topk=hyper.topk, alpha=hyper.alpha, beta=hyper.beta,
+      eps=hyper.assigner_eps)
   foreground = assignment.foreground
   target_scores_sum = jnp.maximum(assignment.target_scores.sum(), 1.0)
   cls_loss = optax.sigmoid_binary_cross_entropy(
