@@ -12,7 +12,8 @@ Arguments (`configs/neuroseg3_seg.py:ARGS`): smoke; model: scale, block
 (c2f | c2f_faster | c2f_faster_ema | c2f_ema), neck (pan | bifpn); data: source
 (simulated | abo | yolo_folder | neurofinder), folder, image_size, num_train, num_val,
 fold, num_folds, sim_recordings, sim_size, sim_frames; training: steps, batch_size,
-lr, seed, pretrained, freeze_steps, bf16.
+lr, seed, pretrained, freeze_steps, bf16; eval_size. The augmentation pipeline is
+`--config.data.augment="op|op(...)"` (it contains commas).
 """
 
 import os
@@ -51,7 +52,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
       arg, variants={"smoke": SMOKE}, smoke=False, scale="s", block="c2f_faster_ema", neck="bifpn", source="simulated",
       folder="", image_size=512, num_train=-1, num_val=2, fold=-1, num_folds=5,
       sim_recordings=12, sim_size=256, sim_frames=200, steps=2000, batch_size=8, lr=1e-3,
-      seed=0, pretrained="", freeze_steps=0, bf16=False)
+      seed=0, pretrained="", freeze_steps=0, bf16=False, eval_size=0)
   if args.source == "simulated" and args.image_size > args.sim_size:
     args.image_size = args.sim_size
 
@@ -88,7 +89,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.loss = ml_collections.ConfigDict({"box_gain": 7.5, "cls_gain": 0.5, "dfl_gain": 1.5,
                                            "topk": 10, "alpha": 0.5, "beta": 6.0,
                                            "assigner_eps": 1e-30})
+  # eval.image_size: letterbox size at evaluation (0: data.image_size); lets a network
+  # trained on crops segment whole fields of view.
   config.eval = ml_collections.ConfigDict({"batch_size": 2 if args.smoke else 4,
-                                           "figures": True})
+                                           "figures": True, "image_size": args.eval_size})
   config.pretrained = args.pretrained
   return config

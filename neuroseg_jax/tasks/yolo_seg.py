@@ -115,7 +115,7 @@ class YOLOSegTask(base.Task):
     return self.model.apply({"params": params, **model_state}, batch["image"], train=False)
 
   def evaluators(self, workdir: str):
-    size = self.config.data.image_size
+    size = self.config.eval.image_size or self.config.data.image_size
     figures = os.path.join(workdir, "figures") if self.config.eval.figures else None
     return [neuron_evaluator.NeuronSegEvaluator(
         [eval_sample(s, size) for s in self.val_samples], batch_size=self.config.eval.batch_size,
