@@ -1,0 +1,149 @@
+"""The whole NeuroSeg-III method end to end, on the simulator or on a user's folder.
+
+  unlabeled recordings -> windowed max projections -> TiCo pre-training of the encoder
+  labeled recordings   -> summary images -> fine-tuning from the TiCo encoder
+  held-out recording   -> segmentation -> precision / recall / F1
+
+Writes to the workdir: tico/ and finetune/ (checkpoints, metrics.jsonl, TensorBoard),
+results.json, heldout_overlay.png (true outlines green, predicted magenta) and
+heldout_masks.tif (predicted instance-label image, 0 = background).
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import logging
+import os
+import time
+from pathlib import Path
+
+import jax
+import numpy as np
+import tifffile
+
+from neuroseg_jax import config_loading
+from neuroseg_jax import tasks
+from neuroseg_jax.data import labels
+from neuroseg_jax.evaluation import figures
+from neuroseg_jax.evaluation import neuron_evaluator
+from neuroseg_jax.evaluation import neuron_matching
+from neuroseg_jax.tasks import yolo_seg
+from neuroseg_jax.training import loop
+from neuroseg_jax.training import mesh as mesh_lib
+
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
+
+
+@dataclasses.dataclass
+class DemoSettings:
+  """Budget of the demo; the defaults finish in minutes on a 2-core laptop CPU."""
+  scale: str = "n"
+  block: str = "c2f_faster_ema"
+  neck: str = "bifpn"
+  image_size: int = 128        # simulated field of view / training crop size
+  labeled_recordings: int = 4  # the last one is held out for testing
+  tico_steps: int = 60
+  finetune_steps: int = 150
+  batch_size: int = 4
+  seed: int = 0
+
+
+def _config(name: str, arg: str):
+  path = CONFIGS / name
+  if not path.is_file():
+    raise FileNotFoundError(f"{path}: config not found; run from a source checkout "
+                            "installed with `pip install -e .`")
+  return config_loading.load_config(f"{path}:{arg}")
+
+
+def tico_config(settings: DemoSettings, data_folder: str | None):
+  source = "simulator" if data_folder is None else f"images:{Path(data_folder) / 'images'}"
+  config = _config("neuroseg3_tico.py",
+                   f"scale={settings.scale},block={settings.block},image_size=64,"
+                   f"batch_size=8,num_steps={settings.tico_steps}")
+  config.data.source = source
+  if data_folder is None:
+    config.data.simulator.update(height=settings.image_size, width=settings.image_size,
+                                 frames=60, num_movies=8)
+  config.model.head_hidden, config.model.head_out = 256, 64
+  config.log_every = max(1, settings.tico_steps // 10)
+  return config
+
+
+def finetune_config(settings: DemoSettings, data_folder: str | None, pretrained: str):
+  common = (f"scale={settings.scale},block={settings.block},neck={settings.neck},"
+            f"steps={settings.finetune_steps},batch_size={settings.batch_size},"
+            f"seed={settings.seed},num_val=1,pretrained={pretrained}")
+  if data_folder is None:
+    arg = (f"source=simulated,sim_size={settings.image_size},sim_frames=200,"
+           f"sim_recordings={settings.labeled_recordings},image_size={settings.image_size}")
+  else:
+    arg = f"source=yolo_folder,folder={data_folder},image_size={settings.image_size},eval_size=512"
+  config = _config("neuroseg3_seg.py", f"{arg},{common}")
+  if data_folder is not None:  # native-scale crops of large fields of view
+    config.data.augment = (f"resized_crop(0.05,0.1,size={settings.image_size})|flip_lr|flip_ud"
+                           "|rot90|brightness(0.1)|contrast(0.2)|noise(0.02)")
+  config.eval_every = 0
+  return config
+
+
+def _stage(message: str) -> None:
+  logging.info("== demo: %s", message)
+  print(f"== {message}", flush=True)
+
+
+def evaluate_held_out(config, state, workdir: str) -> dict:
+  """Threshold chosen on the training images, applied to the held-out image(s)."""
+  task = tasks.get_task(config.task)(config)
+  mesh = mesh_lib.make_data_mesh(jax.devices()[:1])
+  predict = loop.make_predict_fn(task, state, mesh)
+  size = config.eval.image_size or config.data.image_size
+  calibration = neuron_evaluator.NeuronSegEvaluator(
+      [yolo_seg.eval_sample(s, size) for s in task.train_samples], batch_size=1)
+  threshold = dict(calibration.run(predict))["val/best_conf_threshold"]
+  held_out = [yolo_seg.eval_sample(s, size) for s in task.val_samples]
+  found = list(neuron_evaluator.NeuronSegEvaluator(held_out, batch_size=1).detect(predict))
+  counts = neuron_matching.Counts()
+  for sample, instances in zip(held_out, found):
+    masks = instances.masks[instances.scores >= threshold]
+    counts = counts + neuron_matching.counts_from_iou(
+        neuron_matching.mask_iou_matrix(masks, sample.true_masks))
+  # Figures and label image of the first held-out recording.
+  sample, instances = held_out[0], found[0]
+  masks = instances.masks[instances.scores >= threshold]
+  figures.save_outline_figure(
+      os.path.join(workdir, "heldout_overlay.png"), sample.display, sample.true_masks, masks,
+      f"{sample.name}: P={counts.precision:.2f} R={counts.recall:.2f} F1={counts.f1:.2f}")
+  tifffile.imwrite(os.path.join(workdir, "heldout_masks.tif"),
+                   labels.masks_to_instance_image(masks).astype(np.uint16))
+  return {"held_out": [s.name for s in held_out], "conf_threshold": threshold,
+          "true_neurons": counts.tp + counts.fn, "predicted_neurons": counts.tp + counts.fp,
+          "tp": counts.tp, "fp": counts.fp, "fn": counts.fn, "precision": counts.precision,
+          "recall": counts.recall, "f1": counts.f1}
+
+
+def run_demo(workdir: str, data_folder: str | None = None,
+             settings: DemoSettings | None = None) -> dict:
+  """Runs pre-training, fine-tuning and held-out evaluation; returns results.json's content."""
+  settings = settings or DemoSettings()
+  os.makedirs(workdir, exist_ok=True)
+  start = time.time()
+  source = "the built-in simulator" if data_folder is None else data_folder
+  _stage(f"TiCo pre-training of the encoder on unlabeled images from {source}")
+  tico_dir = os.path.join(workdir, "tico")
+  loop.train_and_evaluate(tico_config(settings, data_folder), tico_dir)
+  _stage("fine-tuning the segmentation network from the pre-trained encoder")
+  config = finetune_config(settings, data_folder, tico_dir)
+  state = loop.train_and_evaluate(config, os.path.join(workdir, "finetune"))
+  _stage("segmenting the held-out recording")
+  results = evaluate_held_out(config, state, workdir)
+  results.update(data=source, settings=dataclasses.asdict(settings),
+                 seconds=round(time.time() - start, 1))
+  with open(os.path.join(workdir, "results.json"), "w") as f:
+    json.dump(results, f, indent=2)
+  _stage(f"held-out {', '.join(results['held_out'])}: precision {results['precision']:.3f} "
+         f"recall {results['recall']:.3f} F1 {results['f1']:.3f} "
+         f"({results['tp']} of {results['true_neurons']} neurons found, {results['fp']} false "
+         f"detections); results in {workdir}")
+  return results
