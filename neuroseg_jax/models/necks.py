@@ -33,7 +33,8 @@ class Fusion(nn.Module):
 
   @nn.compact
   def __call__(self, inputs: Sequence[jax.Array]) -> jax.Array:
-    weights = nn.relu(self.param("fusion_weight", nn.initializers.ones, (len(inputs),), jnp.float32))
+    weights = self.param("fusion_weight", nn.initializers.ones, (len(inputs),), jnp.float32)
+    weights = nn.relu(weights)
     weights = (weights / weights.sum()).astype(self.dtype)
     return sum(w * x for w, x in zip(weights, inputs))
 
@@ -104,7 +105,8 @@ class PANNeck(nn.Module):
     td4 = node(512, "node_td_p4")(cat(upsample_nearest2x(features["p5"]), features["p4"]), train)
     out3 = node(256, "node_td_p3")(cat(upsample_nearest2x(td4), features["p3"]), train)
     out4 = node(512, "node_bu_p4")(cat(down(256, "down_bu_p3")(out3, train), td4), train)
-    out5 = node(1024, "node_bu_p5")(cat(down(512, "down_bu_p4")(out4, train), features["p5"]), train)
+    out5 = node(1024, "node_bu_p5")(cat(down(512, "down_bu_p4")(out4, train), features["p5"]),
+                                     train)
     return out3, out4, out5
 
 

@@ -41,8 +41,9 @@ def torch_bias_init(fan_in: int) -> Callable:
   return lambda key, shape, dtype=jnp.float32: jax.random.uniform(key, shape, dtype, -bound, bound)
 
 
-def conv2d(features: int, kernel_size: int, *, use_bias: bool, dtype: Dtype, name: str | None = None,
-           strides: int = 1, bias_init: Callable | None = None) -> nn.Conv:
+def conv2d(features: int, kernel_size: int, *, use_bias: bool, dtype: Dtype,
+           name: str | None = None, strides: int = 1,
+           bias_init: Callable | None = None) -> nn.Conv:
   """A square NHWC convolution with PyTorch's "same" padding (kernel // 2) and init."""
   pad = kernel_size // 2
   return nn.Conv(features, (kernel_size, kernel_size), strides=(strides, strides),
@@ -116,7 +117,8 @@ class C2f(nn.Module):
     y = ConvBNAct(2 * hidden, dtype=self.dtype, name="cv1")(x, train)
     outputs = [y[..., :hidden], y[..., hidden:]]
     for i in range(self.num_blocks):
-      block = self.block_fn(features=hidden, shortcut=self.shortcut, dtype=self.dtype, name=f"m_{i}")
+      block = self.block_fn(features=hidden, shortcut=self.shortcut, dtype=self.dtype,
+                            name=f"m_{i}")
       outputs.append(block(outputs[-1], train))
     return ConvBNAct(self.features, dtype=self.dtype, name="cv2")(
         jnp.concatenate(outputs, axis=-1), train)

@@ -31,7 +31,7 @@ Dtype = Any
 MAX_STRIDE = 32
 
 
-def check_image_batch(x: jax.Array, name: str = "YOLOSeg input") -> None:
+def check_image_batch(x: jax.Array, name: str) -> None:
   """Raises DataError unless x is [B, H, W, C] with H and W multiples of 32."""
   if x.ndim != 4:
     raise DataError(name, f"expected an image batch [B, H, W, C], got shape {tuple(x.shape)}")
@@ -68,7 +68,7 @@ class YOLOBackbone(nn.Module):
       x = C2f(width, scale.repeats(repeats), shortcut=True, block_fn=block_fn, dtype=self.dtype,
               name=f"stage_{level}")(x, train)
       features[level] = x
-    features["p5"] = SPPF(width, dtype=self.dtype, name="sppf")(x, train)
+    features["p5"] = SPPF(width, dtype=self.dtype, name="sppf")(x, train)  # replaces stage_p5's
     return features
 
 
@@ -94,7 +94,6 @@ class YOLOSeg(nn.Module):
     self.head = SegmentHead(self.num_classes, proto_channels=scale.channels(256), dtype=self.dtype)
 
   def __call__(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
-    check_image_batch(x)
     return self.head(self.pyramid(self.backbone(x, train), train), train)
 
 
