@@ -115,8 +115,10 @@ def evaluate_held_out(config, state, workdir: str) -> dict:
   figures.save_outline_figure(
       os.path.join(workdir, "heldout_overlay.png"), sample.display, sample.true_masks, masks,
       f"{sample.name}: P={counts.precision:.2f} R={counts.recall:.2f} F1={counts.f1:.2f}")
-  tifffile.imwrite(os.path.join(workdir, "heldout_masks.tif"),
-                   labels.masks_to_instance_image(masks).astype(np.uint16))
+  # labels.masks_to_instance_image fails on zero masks (reshape of an empty array).
+  instance_image = (labels.masks_to_instance_image(masks) if len(masks)
+                    else np.zeros(sample.true_masks.shape[1:], np.int32))
+  tifffile.imwrite(os.path.join(workdir, "heldout_masks.tif"), instance_image.astype(np.uint16))
   return {"held_out": [s.name for s in held_out], "conf_threshold": threshold,
           "true_neurons": counts.tp + counts.fn, "predicted_neurons": counts.tp + counts.fp,
           "tp": counts.tp, "fp": counts.fp, "fn": counts.fn, "precision": counts.precision,

@@ -18,11 +18,14 @@ Generative model (all lengths in in-plane voxels; z slices are `z_spacing` apart
 from __future__ import annotations
 
 import dataclasses
+import itertools
 from typing import NamedTuple
 
 import cc3d
 import numpy as np
-from scipy import ndimage
+from scipy import ndimage, spatial
+
+BLOCK = (8, 32, 32)  # voxels per block of the cell assignment (compact, so few candidates)
 
 
 class SimulatedEM(NamedTuple):
@@ -40,7 +43,7 @@ class EMSimulationParams:
   membrane_level: float = 0.12
   cytoplasm_levels: tuple = (0.55, 0.8)  # range of per-cell grey levels.
   texture_std: float = 0.05
-  mitochondria_per_cell: float = 0.5
+  mitochondria_per_cell: float = 1.5
   mito_half_length: tuple = (5.0, 12.0)  # voxels, along the cell axis.
   mito_radius: tuple = (2.0, 3.5)        # voxels.
   mito_level: float = 0.38
@@ -62,6 +65,40 @@ def _smooth_field(rng: np.random.Generator, shape, z_spacing: float, scale: floa
   return field[:shape[0], :shape[1], :shape[2]]
 
 
+def _quadratic_features(points: np.ndarray) -> np.ndarray:
+  """[n, 3] points -> [n, 10] monomials (p0^2, p1^2, p2^2, p0p1, p0p2, p1p2, p0, p1, p2, 1)."""
+  p0, p1, p2 = points.T
+  return np.stack([p0 * p0, p1 * p1, p2 * p2, p0 * p1, p0 * p2, p1 * p2, p0, p1, p2,
+                   np.ones_like(p0)], axis=1)
+
+
+def _quadratic_weights(seeds: np.ndarray, metrics: np.ndarray) -> np.ndarray:
+  """Seeds [n, 3] and metrics [n, 3, 3] -> [10, n] weights with features @ weights
+  = (p - s_i)^T M_i (p - s_i) for the monomials of `_quadratic_features`."""
+  m = metrics
+  linear = -2 * np.einsum("nij,nj->ni", m, seeds)
+  constant = np.einsum("ni,nij,nj->n", seeds, m, seeds)
+  return np.stack([m[:, 0, 0], m[:, 1, 1], m[:, 2, 2], 2 * m[:, 0, 1], 2 * m[:, 0, 2],
+                   2 * m[:, 1, 2], *linear.T, constant])
+
+
+def _nearest_cells(points: np.ndarray, seeds: np.ndarray, elongations: np.ndarray,
+                   weights: np.ndarray, tree: spatial.cKDTree) -> np.ndarray:
+  """[n, 3] points of one compact block -> [n] index of the cell minimising its distance.
+
+  Only cells that can win somewhere in the block are scored: the winning distance
+  at p is at most its distance to the cell of the Euclidean-nearest seed, and
+  cell i's distance is at least |p - s_i|^2 / e_i^2, so a cell whose squared box
+  distance over e_i^2 exceeds the block's largest such bound never wins.
+  """
+  features = _quadratic_features(points)
+  nearest = tree.query(points)[1]
+  bound = np.einsum("nf,fn->n", features, weights[:, nearest]).max()
+  gap = np.maximum(0.0, np.maximum(points.min(0) - seeds, seeds - points.max(0)))
+  candidates = np.flatnonzero((gap ** 2).sum(1) / elongations ** 2 <= bound * (1 + 1e-4) + 1e-3)
+  return candidates[np.argmin(features @ weights[:, candidates], axis=1)]
+
+
 def _neurite_labels(rng, shape, params: EMSimulationParams):
   """Anisotropic-Voronoi cells -> (labels [D, H, W] int64 seed index, axes [n, 3])."""
   extent = np.array(shape, float) * (params.z_spacing, 1.0, 1.0)
@@ -69,22 +106,27 @@ def _neurite_labels(rng, shape, params: EMSimulationParams):
   mean_elongation = np.mean(params.elongation)
   cell_volume = 0.5 * params.cell_diameter ** 3 * mean_elongation
   num_cells = max(4, int(round(np.prod(extent + 2 * margin) / cell_volume)))
-  seeds = rng.uniform(-margin, extent + margin, size=(num_cells, 3))
+  # Coordinates centred on the volume keep the float32 quadratic forms accurate.
+  seeds = rng.uniform(-margin, extent + margin, size=(num_cells, 3)) - extent / 2
   axes = _unit_vectors(rng, num_cells)
-  squash = 1.0 - rng.uniform(*params.elongation, size=num_cells) ** -2.0
+  elongations = rng.uniform(*params.elongation, size=num_cells)
+  squash = 1.0 - elongations ** -2.0
+  metrics = np.eye(3)[None] - squash[:, None, None] * axes[:, :, None] * axes[:, None, :]
+  weights = _quadratic_weights(seeds, metrics).astype(np.float32)
 
-  grid = np.meshgrid(*[np.arange(s, dtype=np.float32) * step
-                       for s, step in zip(shape, (params.z_spacing, 1.0, 1.0))], indexing="ij")
-  points = [g + params.warp_amplitude * _smooth_field(rng, shape, params.z_spacing, 2 * params.cell_diameter)
-            for g in grid]
-  best = np.full(shape, np.inf, np.float32)
+  grid = np.meshgrid(*[np.arange(s, dtype=np.float32) * step - e / 2
+                       for s, step, e in zip(shape, (params.z_spacing, 1.0, 1.0), extent)],
+                     indexing="ij")
+  points = np.stack([g + params.warp_amplitude * _smooth_field(rng, shape, params.z_spacing,
+                                                               2 * params.cell_diameter)
+                     for g in grid], axis=-1)
+  tree = spatial.cKDTree(seeds)
   labels = np.zeros(shape, np.int64)
-  for i in range(num_cells):
-    q = [p - np.float32(s) for p, s in zip(points, seeds[i])]
-    along = q[0] * axes[i, 0] + q[1] * axes[i, 1] + q[2] * axes[i, 2]
-    dist = q[0] ** 2 + q[1] ** 2 + q[2] ** 2 - np.float32(squash[i]) * along ** 2
-    closer = dist < best
-    best[closer], labels[closer] = dist[closer], i
+  for z0, y0, x0 in itertools.product(*[range(0, s, b) for s, b in zip(shape, BLOCK)]):
+    block = (slice(z0, z0 + BLOCK[0]), slice(y0, y0 + BLOCK[1]), slice(x0, x0 + BLOCK[2]))
+    block_points = points[block].reshape(-1, 3)
+    labels[block] = _nearest_cells(block_points, seeds, elongations, weights,
+                                   tree).reshape(labels[block].shape)
   return labels, axes
 
 
@@ -139,7 +181,8 @@ def simulate_em_volume(shape=(32, 128, 128), seed: int = 0,
   rng = np.random.default_rng(seed)
   shape = tuple(int(s) for s in shape)
   seed_labels, seed_axes = _neurite_labels(rng, shape, params)
-  neurons, num_neurons = cc3d.connected_components(seed_labels, connectivity=6, return_N=True)
+  # cc3d treats 0 as background, so seed cells are numbered from 1 here.
+  neurons, num_neurons = cc3d.connected_components(seed_labels + 1, connectivity=6, return_N=True)
   neurons = neurons.astype(np.uint32)
   # Each connected piece inherits the axis of the seed cell it came from.
   piece_seed = np.zeros(num_neurons + 1, np.int64)

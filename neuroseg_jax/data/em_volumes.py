@@ -218,6 +218,22 @@ class Hdf5Volume(LazyVolume):
       return handle[self.key][zs, ys, xs]
 
 
+class ZRange(LazyVolume):
+  """Slices [z0, z1) of a [D, H, W] volume (array or LazyVolume) as a [z1 - z0, H, W] volume."""
+
+  def __init__(self, volume, z0: int, z1: int):
+    name = getattr(volume, "name", "volume")
+    if not 0 <= z0 < z1 <= volume.shape[0]:
+      raise DataError(name, f"z range [{z0}, {z1}) is not inside depth {volume.shape[0]}")
+    self.volume, self.z0 = volume, z0
+    self.name = f"{name}[z {z0}:{z1}]"
+    self.shape = (z1 - z0, *volume.shape[1:])
+    self.dtype = np.dtype(volume.dtype)
+
+  def _read(self, zs, ys, xs):
+    return np.asarray(self.volume[self.z0 + zs.start:self.z0 + zs.stop, ys, xs])
+
+
 def open_volume(path, key: str | None = None, check_constant: bool = True) -> LazyVolume:
   """A lazy volume from a TIFF stack, an HDF5 file (+ dataset key) or a folder of slices."""
   path = Path(path)

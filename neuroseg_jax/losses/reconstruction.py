@@ -53,3 +53,13 @@ def predict_the_mean_loss(patches: jax.Array, mask: jax.Array, norm_pix: bool = 
     constant = jnp.mean(patches.astype(jnp.float32)) if data_mean is None else data_mean
   prediction = jnp.full(patches.shape, constant, jnp.float32)
   return masked_reconstruction_loss(prediction, patches, mask, norm_pix)
+
+
+def denormalize_prediction(prediction: jax.Array, patches: jax.Array, norm_pix: bool) -> jax.Array:
+  """Predicted targets [B, N, P] -> voxel values, undoing norm-pix with the true patches' stats."""
+  if not norm_pix:
+    return prediction
+  patches = patches.astype(jnp.float32)
+  mean = patches.mean(axis=-1, keepdims=True)
+  std = jnp.sqrt(patches.var(axis=-1, keepdims=True) + NORM_PIX_EPSILON)
+  return prediction * std + mean
