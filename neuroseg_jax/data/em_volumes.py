@@ -92,6 +92,24 @@ def intensity_range(volume, percentiles: tuple[float, float] = (0.5, 99.5)) -> t
   return float(low), float(high)
 
 
+class IntensityStats(NamedTuple):
+  low: float   # percentile intensities mapped to 0 and 1 ...
+  high: float
+  mean: float  # ... and the mean and standard deviation of the mapped, clipped sample.
+  std: float
+
+
+def intensity_stats(volume, percentiles: tuple[float, float] = (0.5, 99.5)) -> IntensityStats:
+  """`intensity_range` plus the mean / std of the sample scaled by it and clipped to [0, 1].
+
+  Inputs standardised as ((clip((x - low) / (high - low), 0, 1)) - mean) / std have
+  about zero mean and unit variance (MAE pre-training feeds its ViT that way).
+  """
+  low, high = intensity_range(volume, percentiles)
+  scaled = np.clip((sample_slices(volume).astype(np.float64) - low) / max(high - low, 1e-12), 0, 1)
+  return IntensityStats(low, high, float(scaled.mean()), max(float(scaled.std()), 1e-6))
+
+
 def _require_file(path: Path):
   if not path.exists():
     raise DataError(path, "file not found")

@@ -22,19 +22,27 @@ def reconstruction_targets(patches: jax.Array, norm_pix: bool) -> jax.Array:
   return (patches - mean) / jnp.sqrt(var + NORM_PIX_EPSILON)
 
 
+def per_patch_mse(prediction: jax.Array, targets: jax.Array) -> jax.Array:
+  """[B, N, P] prediction (or a broadcastable constant) and targets -> [B, N] float32 MSE."""
+  return jnp.mean(jnp.square(jnp.asarray(prediction, jnp.float32) - targets), axis=-1)
+
+
 def masked_mse(prediction: jax.Array, targets: jax.Array, mask: jax.Array) -> jax.Array:
   """Mean over masked patches of the per-patch mean squared error; scalar float32.
 
   Visible patches (mask 0) contribute nothing; an all-visible mask gives 0.
   """
-  per_patch = jnp.mean(jnp.square(prediction.astype(jnp.float32) - targets), axis=-1)
+  per_patch = per_patch_mse(prediction, targets)
   mask = mask.astype(jnp.float32)
   return jnp.sum(per_patch * mask) / jnp.maximum(jnp.sum(mask), 1.0)
 
 
 def masked_reconstruction_loss(prediction: jax.Array, patches: jax.Array, mask: jax.Array,
                                norm_pix: bool = True) -> jax.Array:
-  """MAE loss: MSE between predicted and (optionally per-patch normalised) patches, masked only."""
+  """MAE loss: MSE between predicted and (optionally per-patch normalised) patches, masked only.
+
+  `prediction` is [B, N, P] or anything broadcastable to it (e.g. a constant).
+  """
   return masked_mse(prediction, reconstruction_targets(patches, norm_pix), mask)
 
 
@@ -51,8 +59,7 @@ def predict_the_mean_loss(patches: jax.Array, mask: jax.Array, norm_pix: bool = 
     constant = 0.0
   else:
     constant = jnp.mean(patches.astype(jnp.float32)) if data_mean is None else data_mean
-  prediction = jnp.full(patches.shape, constant, jnp.float32)
-  return masked_reconstruction_loss(prediction, patches, mask, norm_pix)
+  return masked_reconstruction_loss(constant, patches, mask, norm_pix)
 
 
 def denormalize_prediction(prediction: jax.Array, patches: jax.Array, norm_pix: bool) -> jax.Array:

@@ -101,8 +101,9 @@ class MAE(nn.Module):
   dtype: Any = jnp.float32
 
   def setup(self):
-    self.encoder = ViTEncoder(self.width, self.depth, self.num_heads, self.mlp_ratio,
-                              tuple(self.patch_size), self.use_class_token, dtype=self.dtype)
+    self.encoder = ViTEncoder(width=self.width, depth=self.depth, num_heads=self.num_heads,
+                              mlp_ratio=self.mlp_ratio, patch_size=tuple(self.patch_size),
+                              use_class_token=self.use_class_token, dtype=self.dtype)
     self.decoder_embed = nn.Dense(self.decoder_width, dtype=self.dtype)
     self.mask_token = self.param("mask_token", nn.initializers.normal(0.02),
                                  (1, 1, self.decoder_width))

@@ -23,7 +23,8 @@ LAYER_NORM_EPSILON = 1e-6
 
 VIT_SIZES: Registry[dict] = Registry("ViT size")
 for _name, (_width, _depth, _heads) in {
-    "mu": (32, 2, 2),  # for tests and smoke runs only
+    "mu": (32, 2, 2),    # for tests and smoke runs only
+    "mini": (64, 4, 4),  # small runs on a laptop CPU
     "tiny": (192, 12, 3),
     "small": (384, 12, 6),
     "base": (768, 12, 12),

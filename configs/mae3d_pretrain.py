@@ -1,0 +1,115 @@
+"""MAE self-pre-training of a 3D ViT on an unlabeled EM volume (task "mae_pretrain").
+
+  python -m neuroseg_jax.main --config=configs/mae3d_pretrain.py:smoke --workdir=/tmp/mae
+  python -m neuroseg_jax.main --config=configs/mae3d_pretrain.py:cpu,tomo --workdir=/tmp/mae_tomo
+  python -m neuroseg_jax.main --config=configs/mae3d_pretrain.py:source=file,path=/data/snemi3d/train-input.tif --workdir=DIR
+  python -m neuroseg_jax.main --config=configs/mae3d_pretrain.py:mask_ratio=0.75 --workdir=DIR
+
+Variants (combinable): (none) the EM-MAE reference setting below; tomo, the real
+cryo-ET volume ../shared/data/volumes/tomo.tif; cpu, a small model that learns in
+minutes on a laptop CPU; smoke, a few steps of a tiny model (seconds).
+Arguments (`:a,b=c`; sizes written "DxHxW", e.g. crop=6x96x96, since commas
+separate arguments): source (simulator | file), path, key (HDF5 dataset), size
+(a ViT size: mu, tiny, small, base, large, huge), patch, crop, use_class_token,
+decoder_width, decoder_depth, decoder_heads, mask_ratio, norm_pix, batch_size,
+num_steps, warmup_steps, lr, weight_decay, seed, sim_shape, sim_seed, val_slices,
+val_crops, eval_every, bf16.
+
+Reference setting (/work/shared/reference/emmae/README.md, the EM-MAE code): crops
+6x96x96 (z, y, x), patch 1x16x16 (216 tokens), ViT-base with a class token, decoder
+384 wide, 8 deep, 16 heads, norm-pix loss, masking ratio 0.9 (the reference config's
+default), AdamW lr 1e-4, weight decay 0, linear warmup 100k steps then cosine to
+400k steps, batch 96 (16 per GPU x 6 GPUs). Without tomo / path the data are the
+EM simulator's raw volume (`sim_shape`).
+"""
+
+from pathlib import Path
+
+import ml_collections
+
+from neuroseg_jax.config_args import parse_arg
+from neuroseg_jax.training import defaults
+
+TOMOGRAM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "volumes" / "tomo.tif"
+
+ARGS_3D = dict(
+    smoke=False, cpu=False, tomo=False, source="simulator", path="", key="", size="base",
+    patch="1x16x16", crop="6x96x96", use_class_token=True, decoder_width=384, decoder_depth=8,
+    decoder_heads=16, mask_ratio=0.9, norm_pix=True, batch_size=96, num_steps=400_000,
+    warmup_steps=100_000, lr=1e-4, weight_decay=0.0, seed=0, sim_shape="48x256x256", sim_seed=0,
+    val_slices=8, val_crops=32, eval_every=0, bf16=False,
+)
+VARIANTS_3D = {
+    "tomo": dict(source="file", path=str(TOMOGRAM), val_slices=16),
+    # ~10 minutes on 2 CPU cores.
+    "cpu": dict(size="mini", patch="1x8x8", crop="4x32x32", decoder_width=64, decoder_depth=2,
+                decoder_heads=4, mask_ratio=0.75, batch_size=32, num_steps=1500,
+                warmup_steps=100, lr=1e-3, weight_decay=0.05, sim_shape="32x128x128",
+                val_crops=64),
+    "smoke": dict(size="mu", patch="1x4x4", crop="2x16x16", decoder_width=16, decoder_depth=1,
+                  decoder_heads=2, batch_size=4, num_steps=3, warmup_steps=0,
+                  sim_shape="8x48x48", val_slices=2, val_crops=4),
+}
+
+
+def sizes(text: str) -> tuple[int, ...]:
+  """"6x96x96" -> (6, 96, 96)."""
+  try:
+    return tuple(int(v) for v in text.split("x"))
+  except ValueError:
+    raise ValueError(f"expected sizes written like 6x96x96, got {text!r}") from None
+
+
+def build_config(arg: str | None, args_defaults: dict, variants: dict) -> ml_collections.ConfigDict:
+  """The "mae_pretrain" config for `arg` parsed against the given defaults and variants."""
+  args = parse_arg(arg, variants=variants, **args_defaults)
+  smoke = args.smoke
+
+  config = defaults.base_config()
+  config.task = "mae_pretrain"
+  config.seed = args.seed
+  config.batch_size = args.batch_size
+  config.num_steps = args.num_steps
+  config.log_every = 1 if smoke else max(1, min(100, args.num_steps // 20))
+  config.eval_every = args.eval_every
+  config.checkpoint_every = args.num_steps if smoke else max(1, args.num_steps // 10)
+  config.keep_checkpoints = 1 if smoke else 2
+  config.compute_dtype = "bfloat16" if args.bf16 else "float32"
+  config.optimizer.name = "adamw"
+  config.optimizer.lr = args.lr
+  config.optimizer.weight_decay = args.weight_decay
+  config.optimizer.b2 = 0.95  # MAE (He et al. 2022)
+  config.optimizer.schedule = "cosine"
+  config.optimizer.warmup_steps = args.warmup_steps
+  config.optimizer.grad_clip_norm = 0.0  # MAE uses none
+
+  config.model = ml_collections.ConfigDict({
+      "size": args.size,
+      "patch_size": sizes(args.patch),
+      "use_class_token": args.use_class_token,
+      "decoder_width": args.decoder_width,
+      "decoder_depth": args.decoder_depth,
+      "decoder_num_heads": args.decoder_heads,
+      "mask_ratio": args.mask_ratio,
+  })
+  config.data = ml_collections.ConfigDict({
+      "source": args.source,
+      "path": args.path,
+      "key": args.key,
+      "simulator": {"shape": sizes(args.sim_shape), "seed": args.sim_seed},
+      "crop": sizes(args.crop),
+      "val_slices": args.val_slices,   # last z-slices held out for validation crops
+      "val_crops": args.val_crops,
+      "augment": {"flips": True, "rot90": True, "contrast": (0.8, 1.2),
+                  "brightness": (-0.1, 0.1), "gamma": (0.8, 1.25)},
+  })
+  config.loss = ml_collections.ConfigDict({"norm_pix": args.norm_pix})
+  config.eval = ml_collections.ConfigDict({
+      "batch_size": min(args.val_crops, 4 if smoke else 16),
+      "figure_crops": 2 if smoke else 4,
+  })
+  return config
+
+
+def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
+  return build_config(arg, ARGS_3D, VARIANTS_3D)

@@ -1,0 +1,250 @@
+"""K-fold cross-validation of NeuroSeg-III (from scratch) on the 10 real ABO images.
+
+For each fold k of --num_folds (default 5: 8 training / 2 test images):
+  1. trains `configs/neuroseg3_seg.py:source=abo,fold=k,...` with the training
+     engine, on random native-scale crops of --image_size pixels (`crop_augment`);
+     a fold whose workdir already holds its final checkpoint is restored, not retrained;
+  2. segments the fold's TRAINING images (whole fields of view, letterboxed to
+     --eval_size; the network is fully convolutional) and picks the confidence
+     threshold that maximises their pooled F1;
+  3. applies that threshold to the fold's TEST images: per image TP / FP / FN
+     (mask IoU >= 0.5, one-to-one Hungarian matching), plus mask mAP50 / mAP50-95
+     and, for reference only, the F1 an oracle threshold tuned on the test images
+     would give (`test_oracle_f1`, optimistic).
+TP / FP / FN are pooled over all test images (with all folds, every image is
+tested exactly once). Writes WORKDIR/crossval.csv and crossval.json (one row per
+fold + a pooled row), an outline figure per test image (WORKDIR/figures/) and
+prints the table.
+
+  python experiments/abo_crossval.py --workdir /tmp/abo_cv --steps 200 --image_size 160
+  python experiments/abo_crossval.py --workdir /tmp/abo_cv_eps --folds 0 --assigner_eps 1e-9
+
+The training images' threshold is applied unchanged to the test images; the
+first two steps are `train_and_score`, which experiments/architecture_ablation.py reuses.
+"""
+
+from __future__ import annotations
+
+import argparse
+import csv
+import dataclasses
+import json
+import os
+import platform
+import sys
+import time
+from typing import Sequence
+
+import jax
+import ml_collections
+import numpy as np
+
+from neuroseg_jax import config_loading
+from neuroseg_jax import tasks
+from neuroseg_jax.evaluation import figures
+from neuroseg_jax.evaluation import mask_map
+from neuroseg_jax.evaluation import neuron_evaluator
+from neuroseg_jax.evaluation import neuron_matching
+from neuroseg_jax.tasks import yolo_seg
+from neuroseg_jax.training import loop
+from neuroseg_jax.training import mesh as mesh_lib
+
+CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
+                      "neuroseg3_seg.py")
+ABO_FIELD = 487  # pixels per side of an abo275 image
+PHOTOMETRIC = "flip_lr|flip_ud|rot90|brightness(0.1)|contrast(0.2)|gamma(0.8,1.25)|noise(0.02)"
+
+
+def crop_augment(size: int, field: int = ABO_FIELD) -> str:
+  """Random windows of ~size x size pixels (area +-10%) of a field x field image,
+  resized to size: training at native scale, as whole fields are evaluated
+  (letterboxed to --eval_size 512: scale 1.05)."""
+  area = (size / field) ** 2
+  return f"resized_crop({0.9 * area:.4f},{min(1.1 * area, 1.0):.4f},size={size})|{PHOTOMETRIC}"
+
+
+@dataclasses.dataclass
+class Scored:
+  """Detections of a set of images: per image [Np, Nt] IoU, [Np] scores, Instances."""
+  names: list[str]
+  ious: list[np.ndarray]
+  scores: list[np.ndarray]
+  found: list
+
+
+def score_images(samples: Sequence[neuron_evaluator.EvalSample], predict,
+                 batch_size: int) -> Scored:
+  """Runs predict_fn on `samples` and matches every detection (low confidence)."""
+  evaluator = neuron_evaluator.NeuronSegEvaluator(samples, batch_size=batch_size)
+  found = list(evaluator.detect(predict))
+  return Scored([s.name for s in samples],
+                [neuron_matching.mask_iou_matrix(f.masks, s.true_masks)
+                 for f, s in zip(found, samples)], [f.scores for f in found], found)
+
+
+def counts_at(scored: Scored, threshold: float) -> list[neuron_matching.Counts]:
+  """Per-image Counts keeping the detections with score >= threshold."""
+  return [neuron_matching.counts_from_iou(iou[s >= threshold])
+          for iou, s in zip(scored.ious, scored.scores)]
+
+
+def forward_ms_per_image(predict, samples: Sequence[neuron_evaluator.EvalSample],
+                         batch_size: int, repeats: int = 3) -> float:
+  """Wall-clock ms per image of the compiled network (a batch of the first samples)."""
+  images = np.stack([samples[i % len(samples)].image for i in range(batch_size)])
+  predict({"image": images})  # compiled already, but keep the first call untimed
+  start = time.perf_counter()
+  for _ in range(repeats):
+    predict({"image": images})
+  return 1e3 * (time.perf_counter() - start) / (repeats * batch_size)
+
+
+def train_and_score(config: ml_collections.ConfigDict, workdir: str,
+                    devices: Sequence[jax.Device], figure_dir: str | None = None) -> dict:
+  """Trains (or restores) `config` in `workdir`, tunes the confidence threshold on its
+  training images and scores its validation images at that threshold.
+
+  Returns a flat dict: threshold, train_f1, tp / fp / fn, precision / recall / f1,
+  map50 / map50_95, oracle_f1 (threshold tuned on the validation images themselves),
+  train_seconds, forward_ms_per_image, images (validation names) and per_image
+  ({"image", "tp", "fp", "fn", "f1"} per validation image).
+  """
+  start = time.time()
+  state = loop.train_and_evaluate(config, workdir, devices=devices)
+  train_seconds = time.time() - start
+  task = tasks.get_task(config.task)(config)
+  predict = loop.make_predict_fn(task, state, mesh_lib.make_data_mesh(devices))
+  size = config.eval.image_size or config.data.image_size
+  batch = config.eval.batch_size
+  train = score_images([yolo_seg.eval_sample(s, size) for s in task.train_samples], predict,
+                       batch)
+  threshold, train_counts = neuron_matching.best_confidence_threshold(train.ious, train.scores)
+  val_samples = [yolo_seg.eval_sample(s, size) for s in task.val_samples]
+  val = score_images(val_samples, predict, batch)
+  per_image = counts_at(val, threshold)
+  pooled = sum(per_image, neuron_matching.Counts())
+  _, oracle = neuron_matching.best_confidence_threshold(val.ious, val.scores)
+  if figure_dir is not None:
+    for sample, found, counts in zip(val_samples, val.found, per_image):
+      keep = found.scores >= threshold
+      figures.save_outline_figure(
+          os.path.join(figure_dir, f"{sample.name}.png"), sample.display, sample.true_masks,
+          found.masks[keep], f"{sample.name}  conf >= {threshold:.2f}  P {counts.precision:.3f}"
+          f"  R {counts.recall:.3f}  F1 {counts.f1:.3f}")
+  return {"images": val.names, "threshold": threshold, "train_f1": train_counts.f1,
+          "tp": pooled.tp, "fp": pooled.fp, "fn": pooled.fn, "precision": pooled.precision,
+          "recall": pooled.recall, "f1": pooled.f1,
+          **mask_map.mask_map(val.ious, val.scores), "oracle_f1": oracle.f1,
+          "train_seconds": train_seconds,
+          "forward_ms_per_image": forward_ms_per_image(predict, val_samples, batch),
+          "per_image": [{"image": name, "tp": c.tp, "fp": c.fp, "fn": c.fn, "f1": c.f1}
+                        for name, c in zip(val.names, per_image)]}
+
+
+def fold_config(args, fold: int) -> ml_collections.ConfigDict:
+  """`configs/neuroseg3_seg.py:source=abo,fold=...` with the crop augmentation."""
+  config = config_loading.load_config(
+      f"{CONFIG}:source=abo,fold={fold},num_folds={args.num_folds},steps={args.steps},"
+      f"batch_size={args.batch_size},image_size={args.image_size},eval_size={args.eval_size},"
+      f"lr={args.lr},seed={args.seed},scale={args.scale}")
+  config.data.augment = crop_augment(args.image_size)
+  config.eval_every = 0  # the engine's own (test-tuned) evaluation only at the end
+  config.eval.batch_size = args.eval_batch_size
+  config.eval.figures = False
+  if args.assigner_eps is not None:
+    config.loss.assigner_eps = args.assigner_eps
+  return config
+
+
+def hardware() -> str:
+  """CPU model and core count, JAX version and devices, in words."""
+  cpu = platform.processor() or platform.machine()
+  if os.path.isfile("/proc/cpuinfo"):
+    with open("/proc/cpuinfo") as f:
+      models = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    cpu = models[0] if models else cpu
+  devices = jax.devices()
+  return (f"{cpu}, {os.cpu_count()} CPU cores, jax {jax.__version__} on {len(devices)} x "
+          f"{devices[0].device_kind}")
+
+
+def pooled_row(rows: list[dict]) -> dict:
+  counts = sum((neuron_matching.Counts(r["tp"], r["fp"], r["fn"]) for r in rows),
+               neuron_matching.Counts())
+  return {"fold": "pooled", "images": ";".join(r["images"] for r in rows), "tp": counts.tp,
+          "fp": counts.fp, "fn": counts.fn, "precision": counts.precision,
+          "recall": counts.recall, "f1": counts.f1,
+          "mean_fold_f1": float(np.mean([r["f1"] for r in rows])),
+          "std_fold_f1": float(np.std([r["f1"] for r in rows]))}
+
+
+COLUMNS = ("fold", "images", "threshold", "train_f1", "tp", "fp", "fn", "precision", "recall",
+           "f1", "map50", "map50_95", "oracle_f1", "train_seconds", "forward_ms_per_image",
+           "mean_fold_f1", "std_fold_f1")
+
+
+def write_tables(workdir: str, rows: list[dict], meta: dict) -> None:
+  with open(os.path.join(workdir, "crossval.csv"), "w", newline="") as f:
+    writer = csv.DictWriter(f, COLUMNS, restval="", extrasaction="ignore")
+    writer.writeheader()
+    writer.writerows(rows)
+  with open(os.path.join(workdir, "crossval.json"), "w") as f:
+    json.dump({**meta, "rows": rows}, f, indent=2)
+
+
+def print_table(rows: list[dict]) -> None:
+  print(f"{'fold':>6} {'images':>33} {'thr':>5} {'TP':>5} {'FP':>5} {'FN':>5} {'P':>6} "
+        f"{'R':>6} {'F1':>6} {'mAP50':>6} {'oracleF1':>8}")
+  for r in rows:
+    fmt = lambda key, w=6: f"{r[key]:{w}.3f}" if isinstance(r.get(key), float) else " " * w
+    print(f"{r['fold']:>6} {r['images']:>33} {fmt('threshold', 5)} {r['tp']:5d} {r['fp']:5d} "
+          f"{r['fn']:5d} {fmt('precision')} {fmt('recall')} {fmt('f1')} {fmt('map50')} "
+          f"{fmt('oracle_f1', 8)}")
+
+
+def parse_args(argv=None):
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--workdir", required=True)
+  parser.add_argument("--num_folds", type=int, default=5)
+  parser.add_argument("--folds", default="", help="comma-separated folds to run (default all)")
+  parser.add_argument("--steps", type=int, default=200)
+  parser.add_argument("--batch_size", type=int, default=8)
+  parser.add_argument("--image_size", type=int, default=160, help="training crop size")
+  parser.add_argument("--eval_size", type=int, default=512, help="whole-field letterbox size")
+  parser.add_argument("--eval_batch_size", type=int, default=2)
+  parser.add_argument("--lr", type=float, default=2e-3, help="AdamW peak learning rate "
+                      "(ultralytics' choice for short runs)")
+  parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--scale", default="s", help="model scale (s = NeuroSeg-III)")
+  parser.add_argument("--assigner_eps", type=float, default=None,
+                      help="override config.loss.assigner_eps (config default 1e-30)")
+  return parser.parse_args(argv)
+
+
+def main(argv=None) -> list[dict]:
+  args = parse_args(argv)
+  os.makedirs(args.workdir, exist_ok=True)
+  # Every fold compiles the same step and predict functions: reuse them from disk.
+  jax.config.update("jax_compilation_cache_dir", os.path.join(args.workdir, "xla_cache"))
+  devices = jax.devices()[:1]
+  folds = [int(f) for f in args.folds.split(",")] if args.folds else range(args.num_folds)
+  meta = {"command": " ".join([sys.executable, *sys.argv]), "args": vars(args),
+          "hardware": hardware()}
+  rows = []
+  for fold in folds:
+    result = train_and_score(fold_config(args, fold), os.path.join(args.workdir, f"fold{fold}"),
+                             devices, os.path.join(args.workdir, "figures"))
+    rows.append({"fold": fold, **result, "images": ";".join(result["images"])})
+    print(f"fold {fold}: threshold {result['threshold']:.2f} (train F1 {result['train_f1']:.3f})"
+          f" -> test P {result['precision']:.3f} R {result['recall']:.3f} "
+          f"F1 {result['f1']:.3f}  ({result['train_seconds']:.0f} s)", flush=True)
+    # Tables after every fold: a run stopped early keeps its finished folds.
+    table = rows + [pooled_row(rows)]
+    write_tables(args.workdir, table, meta)
+  print(f"{meta['command']}\n{meta['hardware']}")
+  print_table(table)
+  return table
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,237 @@
+"""Lazy EM volume readers: SNEMI3D / MitoEM layouts, TIFF stacks, HDF5; bad inputs."""
+
+import h5py
+import numpy as np
+import pytest
+import tifffile
+from PIL import Image
+
+from neuroseg_jax.data import em_volumes
+from neuroseg_jax.data.em_volumes import (Hdf5Volume, SliceFolderVolume, TiffStackVolume,
+                                          intensity_range, open_mitoem, open_snemi3d, open_volume)
+from neuroseg_jax.data.errors import DataError
+
+
+def _raw(shape=(6, 20, 30), seed=0, dtype=np.uint8):
+  return np.random.default_rng(seed).integers(0, 255, size=shape).astype(dtype)
+
+
+def _labels(shape=(6, 20, 30)):
+  return (np.arange(np.prod(shape)) // 37).reshape(shape).astype(np.uint32)
+
+
+def _write_tiff(path, array, mode):
+  if mode == "pages":  # one untagged page per write: tifffile sees one series per page
+    with tifffile.TiffWriter(path) as writer:
+      for page in array:
+        writer.write(page, contiguous=False)
+  else:
+    tifffile.imwrite(path, array, compression="zlib" if mode == "zlib" else None)
+
+
+def _check_indexing(volume, array):
+  assert volume.shape == array.shape and volume.dtype == array.dtype and len(volume) == array.shape[0]
+  for key in [(slice(1, 4), slice(2, 19), slice(5, 25)), (slice(None),), 3, -1, (2, slice(3, 7)),
+              (slice(0, 2), 5, slice(None)), (slice(4, 100), slice(-5, None), slice(0, 1))]:
+    np.testing.assert_array_equal(volume[key], array[key])
+
+
+@pytest.mark.parametrize("mode", ["plain", "zlib", "pages"])
+def test_snemi3d_layout(tmp_path, mode):
+  raw, labels = _raw(), _labels()
+  _write_tiff(tmp_path / "train-input.tif", raw, mode)
+  _write_tiff(tmp_path / "train-labels.tif", labels, mode)
+  volume = open_snemi3d(tmp_path)
+  _check_indexing(volume.raw, raw)
+  _check_indexing(volume.labels, labels)
+  _write_tiff(tmp_path / "test-input.tif", raw, mode)
+  assert open_snemi3d(tmp_path, "test").labels is None
+
+
+def test_compressed_stack_reads_only_the_needed_pages(tmp_path, monkeypatch):
+  raw = _raw()
+  _write_tiff(tmp_path / "v.tif", raw, "zlib")
+  volume = TiffStackVolume(tmp_path / "v.tif")
+  reads = []
+  original = tifffile.TiffPage.asarray
+  monkeypatch.setattr(tifffile.TiffPage, "asarray", lambda self, *a, **k: reads.append(self.index)
+                      or original(self, *a, **k))
+  np.testing.assert_array_equal(volume[2:4, 1:3], raw[2:4, 1:3])
+  assert reads == [2, 3]
+
+
+def test_uncompressed_stack_is_memory_mapped(tmp_path, monkeypatch):
+  raw = _raw()
+  _write_tiff(tmp_path / "v.tif", raw, "plain")
+  volume = TiffStackVolume(tmp_path / "v.tif")
+  mapped = []
+  original = tifffile.memmap
+  monkeypatch.setattr(tifffile, "memmap", lambda *a, **k: mapped.append(a) or original(*a, **k))
+  monkeypatch.setattr(tifffile.TiffPage, "asarray", lambda *a, **k: pytest.fail("page read"))
+  np.testing.assert_array_equal(volume[1:3, 4:9, 2:5], raw[1:3, 4:9, 2:5])
+  assert len(mapped) == 1
+
+
+def _write_png_slices(folder, array, name="im"):
+  folder.mkdir(parents=True, exist_ok=True)
+  for z, page in enumerate(array):
+    Image.fromarray(page).save(folder / f"{name}{z:04d}.png")
+
+
+def test_mitoem_layout_label_folders(tmp_path, monkeypatch):
+  raw, labels = _raw((6, 20, 30)), _labels((6, 20, 30))
+  _write_png_slices(tmp_path / "im", raw)
+  for split, zs in (("train", range(0, 4)), ("val", range(4, 6))):
+    folder = tmp_path / f"mito-{split}-v2"
+    folder.mkdir()
+    for z in zs:
+      tifffile.imwrite(folder / f"seg{z:04d}.tif", labels[z])
+  train = open_mitoem(tmp_path, "train")
+  _check_indexing(train.raw, raw[:4])
+  _check_indexing(train.labels, labels[:4])
+  val = open_mitoem(tmp_path, "val")
+  np.testing.assert_array_equal(val.raw[:], raw[4:6])
+  np.testing.assert_array_equal(val.labels[:], labels[4:6])
+  # Reading z 1..2 decodes exactly those two slice files.
+  decoded = []
+  original = em_volumes.read_slice_file
+  monkeypatch.setattr(em_volumes, "read_slice_file", lambda p: decoded.append(p.name) or original(p))
+  train.raw[1:3, :4, :4]
+  assert decoded == ["im0001.png", "im0002.png"]
+
+
+def test_mitoem_layout_hdf5_labels_and_test_split(tmp_path):
+  raw, labels = _raw((6, 20, 30)), _labels((6, 20, 30)).astype(np.uint64)
+  _write_png_slices(tmp_path / "im", raw)
+  with h5py.File(tmp_path / "labels.h5", "w") as f:
+    f["main"] = labels[:5]
+  train = open_mitoem(tmp_path, "train", labels_path=tmp_path / "labels.h5")
+  np.testing.assert_array_equal(train.raw[:], raw[:5])
+  np.testing.assert_array_equal(train.labels[2:4, 3:9], labels[2:4, 3:9])
+  assert train.labels.dtype == np.uint64
+  test = open_mitoem(tmp_path, "train", labels_path=None)  # no label folder: all raw slices
+  assert test.labels is None and test.raw.shape == (6, 20, 30)
+  with pytest.raises(DataError, match="missing raw slices"):
+    with h5py.File(tmp_path / "long.h5", "w") as f:
+      f["main"] = labels
+    open_mitoem(tmp_path, "val", labels_path=tmp_path / "long.h5")
+
+
+def test_hdf5_and_generic_dispatch(tmp_path):
+  raw = _raw(dtype=np.float32)
+  with h5py.File(tmp_path / "one.h5", "w") as f:
+    f.create_dataset("group/raw", data=raw, chunks=(1, 10, 10))
+  volume = open_volume(tmp_path / "one.h5")  # the only dataset
+  assert isinstance(volume, Hdf5Volume) and volume.name.endswith("one.h5:group/raw")
+  _check_indexing(volume, raw)
+  tifffile.imwrite(tmp_path / "stack.tiff", raw)
+  assert isinstance(open_volume(tmp_path / "stack.tiff"), TiffStackVolume)
+  _write_png_slices(tmp_path / "slices", raw[:, :, :].astype(np.uint8))
+  folder = open_volume(tmp_path / "slices")
+  assert isinstance(folder, SliceFolderVolume) and folder.shape == raw.shape
+
+
+def test_intensity_range_uses_first_middle_last_slices(tmp_path):
+  raw = _raw((7, 20, 30), dtype=np.float32)
+  tifffile.imwrite(tmp_path / "v.tif", raw)
+  sample = raw[[0, 3, 6]]
+  low, high = intensity_range(TiffStackVolume(tmp_path / "v.tif"), (1, 99))
+  np.testing.assert_allclose((low, high), np.percentile(sample, (1, 99)))
+  stats = em_volumes.intensity_stats(TiffStackVolume(tmp_path / "v.tif"), (1, 99))
+  scaled = np.clip((sample - low) / (high - low), 0, 1)
+  np.testing.assert_allclose(stats, (low, high, scaled.mean(), scaled.std()), rtol=1e-6)
+
+
+def test_real_tomogram(shared_data):
+  path = shared_data / "volumes" / "tomo.tif"
+  if not path.exists():
+    pytest.skip(f"{path} is absent")
+  volume = open_volume(path)
+  assert volume.shape == (101, 135, 135) and volume.dtype == np.float32
+  full = tifffile.imread(path)
+  np.testing.assert_array_equal(volume[40:46, 10:106, 20:116], full[40:46, 10:106, 20:116])
+  low, high = intensity_range(volume)
+  assert full.min() < low < high < full.max()
+
+
+# ---------------------------------------------------------------- bad inputs
+
+
+def test_missing_and_unreadable_files(tmp_path):
+  with pytest.raises(DataError, match="nope.tif: file not found"):
+    open_volume(tmp_path / "nope.tif")
+  with pytest.raises(DataError, match="slice folder not found|file not found"):
+    open_volume(tmp_path / "nodir")
+  (tmp_path / "bad.tif").write_text("not a tiff")
+  with pytest.raises(DataError, match="bad.tif: cannot read as TIFF"):
+    open_volume(tmp_path / "bad.tif")
+  (tmp_path / "bad.h5").write_text("not hdf5")
+  with pytest.raises(DataError, match="bad.h5: cannot read as HDF5"):
+    open_volume(tmp_path / "bad.h5")
+  (tmp_path / "v.npy").write_bytes(b"")
+  with pytest.raises(DataError, match="unsupported volume format"):
+    open_volume(tmp_path / "v.npy")
+  with pytest.raises(DataError, match="file not found"):
+    open_snemi3d(tmp_path)
+  (tmp_path / "im").mkdir()
+  (tmp_path / "im" / "im0000.png").write_bytes(b"garbage")
+  with pytest.raises(DataError, match="im0000.png: cannot read image"):
+    open_mitoem(tmp_path, "train")
+
+
+def test_wrong_dimensionality(tmp_path):
+  tifffile.imwrite(tmp_path / "2d.tif", _raw()[0])
+  with pytest.raises(DataError, match="2d.tif: expected a 3-D z-y-x stack"):
+    open_volume(tmp_path / "2d.tif")
+  tifffile.imwrite(tmp_path / "rgb.tif", _raw((4, 10, 12, 3)), photometric="rgb")
+  with pytest.raises(DataError, match="rgb.tif: expected a 3-D z-y-x stack"):
+    open_volume(tmp_path / "rgb.tif")
+  with h5py.File(tmp_path / "two.h5", "w") as f:
+    f["a"], f["b"] = _raw()[0], _raw()
+  with pytest.raises(DataError, match="two.h5:a: expected a 3-D z-y-x dataset"):
+    open_volume(tmp_path / "two.h5", key="a")
+  with pytest.raises(DataError, match="give a dataset key"):
+    open_volume(tmp_path / "two.h5")
+  with pytest.raises(DataError, match="no dataset 'c'"):
+    open_volume(tmp_path / "two.h5", key="c")
+  (tmp_path / "rgb").mkdir()
+  Image.fromarray(_raw((10, 12, 3))).save(tmp_path / "rgb" / "im0000.png")
+  with pytest.raises(DataError, match="im0000.png: expected a 2-D grayscale slice"):
+    open_volume(tmp_path / "rgb")
+
+
+def test_empty_constant_and_mismatched_volumes(tmp_path):
+  with h5py.File(tmp_path / "empty.h5", "w") as f:
+    f["raw"] = np.zeros((0, 4, 4), np.uint8)
+  with pytest.raises(DataError, match="empty volume"):
+    open_volume(tmp_path / "empty.h5")
+  tifffile.imwrite(tmp_path / "flat.tif", np.full((5, 8, 8), 7, np.uint8))
+  with pytest.raises(DataError, match="flat.tif: constant volume"):
+    open_volume(tmp_path / "flat.tif")
+  assert open_volume(tmp_path / "flat.tif", check_constant=False).shape == (5, 8, 8)
+  tifffile.imwrite(tmp_path / "train-input.tif", _raw())
+  tifffile.imwrite(tmp_path / "train-labels.tif", _labels((5, 20, 30)))
+  with pytest.raises(DataError, match="label shape .* differs from raw shape"):
+    open_snemi3d(tmp_path)
+  folder = tmp_path / "slices"
+  _write_png_slices(folder, _raw((5, 10, 12)))
+  Image.fromarray(_raw((10, 11))).save(folder / "im0001.png")
+  volume = open_volume(folder)  # the shape comes from the first slice; 0, 2, 4 are sampled
+  with pytest.raises(DataError, match="im0001.png: slice shape"):
+    volume[1:3]
+  Image.fromarray(_raw((10, 11))).save(folder / "im0004.png")
+  with pytest.raises(DataError, match="im0004.png: slice shape"):
+    open_volume(folder)
+  with pytest.raises(IndexError, match="out of range"):
+    volume[9]
+  with pytest.raises(IndexError, match="step-1"):
+    volume[::2]
+
+
+def test_z_range_view():
+  array = _raw()
+  view = em_volumes.ZRange(array, 1, 6)
+  assert view.shape == (5, 20, 30) and view.dtype == np.uint8
+  _check_indexing(view, array[1:6])
+  with pytest.raises(DataError, match="z range \\[4, 9\\) is not inside depth 6"):
+    em_volumes.ZRange(array, 4, 9)

@@ -1,0 +1,118 @@
+"""MAE pre-training task: smoke run through the engine, examples, evaluator, config errors."""
+
+import os
+
+import jax
+import numpy as np
+import pytest
+from PIL import Image
+
+import neuroseg_jax.tasks.mae_pretrain  # noqa: F401  (registers "mae_pretrain")
+from neuroseg_jax import config_loading, tasks
+from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.models import mae as mae_lib
+from neuroseg_jax.registry import UnknownNameError
+from neuroseg_jax.losses.reconstruction import (masked_reconstruction_loss, predict_the_mean_loss,
+                                                reconstruction_targets)
+from neuroseg_jax.tasks.mae_pretrain import ReconstructionEvaluator, reconstruction_outputs
+from neuroseg_jax.training import loop
+
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _config(name, arg):
+  return config_loading.load_config(os.path.join(REPO, "configs", name) + ":" + arg)
+
+
+def test_reference_setting_fields():
+  config = _config("mae3d_pretrain.py", "")
+  assert config.task == "mae_pretrain" and config.model.size == "base"
+  assert tuple(config.model.patch_size) == (1, 16, 16) and tuple(config.data.crop) == (6, 96, 96)
+  assert (config.model.decoder_width, config.model.decoder_depth, config.model.decoder_num_heads) == (384, 8, 16)
+  assert config.loss.norm_pix and config.model.mask_ratio == 0.9
+  assert config.optimizer.name == "adamw" and config.optimizer.lr == 1e-4
+  assert config.optimizer.schedule == "cosine" and config.optimizer.warmup_steps == 100_000
+  assert _config("mae3d_pretrain.py", "smoke,mask_ratio=0.5").model.mask_ratio == 0.5
+  config_2d = _config("mae2d_pretrain.py", "")
+  assert tuple(config_2d.model.patch_size) == (16, 16) and tuple(config_2d.data.crop) == (224, 224)
+
+
+def test_smoke_run_logs_losses_and_writes_a_figure(tmp_path):
+  config = _config("mae3d_pretrain.py", "smoke")
+  loop.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
+  records = loop.read_metrics(str(tmp_path))
+  train = [r for r in records if "train/loss" in r]
+  assert [r["step"] for r in train] == [1, 2, 3]
+  # Norm-pix: predicting the mean (0) costs var / (var + 1e-6) ~ 1 per patch.
+  assert all(0.99 < r["train/mean_baseline"] <= 1.0 and np.isfinite(r["train/loss"]) for r in train)
+  val = [r for r in records if "val/reconstruction_loss" in r]
+  assert len(val) == 1 and val[0]["step"] == 3
+  assert val[0]["val/loss_over_baseline"] == pytest.approx(
+      val[0]["val/reconstruction_loss"] / val[0]["val/mean_baseline"])
+  image = np.asarray(Image.open(tmp_path / "figures" / "reconstructions.png"))
+  assert image.shape[0] > 100 and image.std() > 5
+
+
+def test_examples_and_validation_crops_2d():
+  config = _config("mae2d_pretrain.py", "smoke")
+  task = tasks.get_task("mae_pretrain")(config)
+  a = task.make_example(5, np.random.default_rng(1))["image"]
+  b = task.make_example(5, np.random.default_rng(1))["image"]
+  assert a.shape == (16, 16, 1) and a.dtype == np.float32
+  np.testing.assert_array_equal(a, b)
+  mean, std = task.stats.mean, task.stats.std
+  np.testing.assert_allclose(a, (np.clip(a * std + mean, 0, 1) - mean) / std, atol=1e-5)
+  val = task.validation_images()
+  assert val.shape == (4, 16, 16, 1)
+  assert abs(val.mean()) < 0.5 and 0.5 < val.std() < 2.0
+  np.testing.assert_array_equal(val, task.validation_images())  # fixed crops
+  shapes = jax.eval_shape(task.init_variables, jax.random.key(0), {"image": val[:1]})
+  assert shapes["params"]["decoder_pred"]["kernel"].shape == (16, 16)
+
+
+def test_evaluator_weights_every_masked_patch_equally(tmp_path):
+  rng = np.random.default_rng(0)
+  images = rng.normal(size=(3, 2, 8, 8, 1)).astype(np.float32)
+  prediction = rng.normal(size=(3, 8, 16)).astype(np.float32)
+  mask = np.zeros((3, 8), np.float32)
+  mask[0, :1], mask[1, :5], mask[2, 2:8] = 1, 1, 1  # unequal masked counts per crop
+
+  def predict_fn(prediction):
+    """Serves consecutive rows to consecutive batches, as the model would."""
+    served = []
+
+    def predict(batch):
+      start, size = sum(served), len(batch["image"])
+      served.append(size)
+      rows = slice(start, start + size)
+      return jax.tree.map(np.asarray, reconstruction_outputs(
+          batch["image"], prediction[rows], mask[rows], (1, 4, 4), norm_pix=True))
+
+    return predict
+
+  evaluator = ReconstructionEvaluator(images, 2, str(tmp_path / "r.png"), 1)
+  scores = dict(evaluator.run(predict_fn(prediction)))
+  patches = np.asarray(mae_lib.patchify(images, (1, 4, 4)))
+  assert scores["val/reconstruction_loss"] == pytest.approx(
+      float(masked_reconstruction_loss(prediction, patches, mask, norm_pix=True)), rel=1e-5)
+  assert scores["val/mean_baseline"] == pytest.approx(
+      float(predict_the_mean_loss(patches, mask, norm_pix=True)), rel=1e-5)
+  perfect = np.asarray(reconstruction_targets(patches, norm_pix=True))
+  outputs = reconstruction_outputs(images, perfect, mask, (1, 4, 4), norm_pix=True)
+  np.testing.assert_allclose(outputs["masked_error"], 0, atol=1e-8)
+  np.testing.assert_allclose(outputs["reconstruction"], images, atol=1e-4)
+  np.testing.assert_array_equal(outputs["masked_patches"], [1, 5, 6])
+  assert (tmp_path / "r.png").exists()
+
+
+def test_config_errors():
+  with pytest.raises(DataError, match="not tileable"):
+    tasks.get_task("mae_pretrain")(_config("mae3d_pretrain.py", "smoke,crop=2x16x18"))
+  with pytest.raises(DataError, match="must both be 3-D"):
+    tasks.get_task("mae_pretrain")(_config("mae3d_pretrain.py", "smoke,crop=16x16"))
+  with pytest.raises(DataError, match="needs a volume path"):
+    tasks.get_task("mae_pretrain")(_config("mae3d_pretrain.py", "smoke,source=file"))
+  with pytest.raises(UnknownNameError, match="valid choices: file, simulator"):
+    tasks.get_task("mae_pretrain")(_config("mae3d_pretrain.py", "smoke,source=nope"))
+  with pytest.raises(ValueError, match="unknown config argument 'mask'"):
+    _config("mae3d_pretrain.py", "smoke,mask=0.5")
