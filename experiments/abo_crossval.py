@@ -106,7 +106,8 @@ def train_and_score(config: ml_collections.ConfigDict, workdir: str,
 
   Returns a flat dict: threshold, train_f1, tp / fp / fn, precision / recall / f1,
   map50 / map50_95, oracle_f1 (threshold tuned on the validation images themselves),
-  train_seconds, forward_ms_per_image, images (validation names) and per_image
+  train_seconds (of this call: only a restore when `workdir` held a finished run),
+  forward_ms_per_image, images (validation names) and per_image
   ({"image", "tp", "fp", "fn", "f1"} per validation image).
   """
   start = time.time()

@@ -47,6 +47,8 @@ ROWS = (("YOLOv8s-seg", "c2f", "pan"), ("+FasterNet", "c2f_faster", "pan"),
         ("+EMA", "c2f_faster_ema", "pan"), ("+BiFPN", "c2f", "bifpn"),
         ("NeuroSeg-III", "c2f_faster_ema", "bifpn"))
 SCORES = ("precision", "recall", "f1", "map50")
+RUN_KEYS = ("threshold", "train_f1", "tp", "fp", "fn", "precision", "recall", "f1", "map50",
+            "map50_95", "oracle_f1", "train_images_per_s", "forward_ms_per_image")
 
 
 def config_arg(args, block: str, neck: str) -> str:
@@ -104,7 +106,7 @@ def run_row(args, name: str, block: str, neck: str, devices) -> dict:
   for key in SCORES:
     values = [r[key] for r in runs]
     row[f"{key}_mean"], row[f"{key}_std"] = float(np.mean(values)), float(np.std(values))
-  row["per_seed_f1"] = [r["f1"] for r in runs]
+  row["runs"] = [{key: r[key] for key in RUN_KEYS} for r in runs]
   return row
 
 

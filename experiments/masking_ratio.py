@@ -85,7 +85,7 @@ def save_plot(path: str, rows: list[dict], scratch: dict | None) -> None:
   fig = mpl_figure.Figure(figsize=(5 * (1 + bool(scores)), 4))
   axes = fig.subplots(1, 1 + bool(scores), squeeze=False)[0]
   axes[0].plot(ratios, [r["val_reconstruction_loss"] for r in rows], "o-", label="MAE")
-  axes[0].plot(ratios, [r["val_mean_baseline"] for r in rows], "k--", label="predict the mean")
+  axes[0].plot(ratios, [r["val_mean_baseline"] for r in rows], "ks--", label="predict the mean")
   axes[0].set(xlabel="masking ratio", ylabel="validation masked reconstruction loss")
   axes[0].legend()
   for name in scores:

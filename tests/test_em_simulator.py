@@ -81,7 +81,8 @@ def test_blockwise_cell_assignment_is_exact():
   axes = rng.normal(size=(80, 3))
   axes /= np.linalg.norm(axes, axis=1, keepdims=True)
   elongations = rng.uniform(2.5, 8.0, size=80)
-  metrics = np.eye(3)[None] - (1 - elongations ** -2.0)[:, None, None] * axes[:, :, None] * axes[:, None, :]
+  squash = 1 - elongations ** -2.0
+  metrics = np.eye(3)[None] - squash[:, None, None] * axes[:, :, None] * axes[:, None, :]
   weights = sim._quadratic_weights(seeds, metrics).astype(np.float32)
   points = rng.uniform(-8, 8, size=(2000, 3)).astype(np.float32) + np.float32([10, -5, 3])
   got = sim._nearest_cells(points, seeds, elongations, weights, spatial.cKDTree(seeds))

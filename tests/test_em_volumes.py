@@ -30,7 +30,8 @@ def _write_tiff(path, array, mode):
 
 
 def _check_indexing(volume, array):
-  assert volume.shape == array.shape and volume.dtype == array.dtype and len(volume) == array.shape[0]
+  assert volume.shape == array.shape and volume.dtype == array.dtype
+  assert len(volume) == array.shape[0]
   for key in [(slice(1, 4), slice(2, 19), slice(5, 25)), (slice(None),), 3, -1, (2, slice(3, 7)),
               (slice(0, 2), 5, slice(None)), (slice(4, 100), slice(-5, None), slice(0, 1))]:
     np.testing.assert_array_equal(volume[key], array[key])
@@ -95,7 +96,8 @@ def test_mitoem_layout_label_folders(tmp_path, monkeypatch):
   # Reading z 1..2 decodes exactly those two slice files.
   decoded = []
   original = em_volumes.read_slice_file
-  monkeypatch.setattr(em_volumes, "read_slice_file", lambda p: decoded.append(p.name) or original(p))
+  monkeypatch.setattr(em_volumes, "read_slice_file",
+                      lambda p: decoded.append(p.name) or original(p))
   train.raw[1:3, :4, :4]
   assert decoded == ["im0001.png", "im0002.png"]
 
@@ -183,6 +185,9 @@ def test_wrong_dimensionality(tmp_path):
   tifffile.imwrite(tmp_path / "2d.tif", _raw()[0])
   with pytest.raises(DataError, match="2d.tif: expected a 3-D z-y-x stack"):
     open_volume(tmp_path / "2d.tif")
+  tifffile.imwrite(tmp_path / "rgb_page.tif", _raw((10, 12, 3)), photometric="rgb")
+  with pytest.raises(DataError, match="rgb_page.tif: expected a 3-D z-y-x stack"):
+    open_volume(tmp_path / "rgb_page.tif")
   tifffile.imwrite(tmp_path / "rgb.tif", _raw((4, 10, 12, 3)), photometric="rgb")
   with pytest.raises(DataError, match="rgb.tif: expected a 3-D z-y-x stack"):
     open_volume(tmp_path / "rgb.tif")

@@ -1,4 +1,4 @@
-"""MAE: shuffle-and-keep masking, patchify layout, encoder sees visible patches only, jit training."""
+"""MAE: shuffle-and-keep masking, patchify layout, encoder on visible patches, jit training."""
 
 import itertools
 
@@ -23,7 +23,8 @@ def _tiny_mae(patch, mask_ratio=0.75, **kw):
 def _numpy_variables(model, x, seed=0):
   """Variables of model.init's shapes filled in NumPy (no init compile)."""
   rng = np.random.default_rng(seed)
-  shapes = jax.eval_shape(model.init, {"params": jax.random.key(0), "masking": jax.random.key(1)}, x)
+  rngs = {"params": jax.random.key(0), "masking": jax.random.key(1)}
+  shapes = jax.eval_shape(model.init, rngs, x)
   return jax.tree.map(lambda s: (0.3 * rng.normal(size=s.shape)).astype(s.dtype), shapes)
 
 
@@ -145,7 +146,8 @@ def test_jit_training_3d_lowers_the_masked_loss():
   def step(params, opt_state):
     def loss_fn(p):
       out = model.apply({"params": p}, x, rngs={"masking": jax.random.key(0)})
-      return masked_reconstruction_loss(out.prediction, patchify(x, patch), out.mask, norm_pix=False)
+      return masked_reconstruction_loss(out.prediction, patchify(x, patch), out.mask,
+                                        norm_pix=False)
     loss, grads = jax.value_and_grad(loss_fn)(params)
     updates, opt_state = tx.update(grads, opt_state)
     return optax.apply_updates(params, updates), opt_state, loss, grads

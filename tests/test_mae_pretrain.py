@@ -28,7 +28,8 @@ def test_reference_setting_fields():
   config = _config("mae3d_pretrain.py", "")
   assert config.task == "mae_pretrain" and config.model.size == "base"
   assert tuple(config.model.patch_size) == (1, 16, 16) and tuple(config.data.crop) == (6, 96, 96)
-  assert (config.model.decoder_width, config.model.decoder_depth, config.model.decoder_num_heads) == (384, 8, 16)
+  decoder = config.model
+  assert (decoder.decoder_width, decoder.decoder_depth, decoder.decoder_num_heads) == (384, 8, 16)
   assert config.loss.norm_pix and config.model.mask_ratio == 0.9
   assert config.optimizer.name == "adamw" and config.optimizer.lr == 1e-4
   assert config.optimizer.schedule == "cosine" and config.optimizer.warmup_steps == 100_000
@@ -76,6 +77,7 @@ def test_evaluator_weights_every_masked_patch_equally(tmp_path):
   prediction = rng.normal(size=(3, 8, 16)).astype(np.float32)
   mask = np.zeros((3, 8), np.float32)
   mask[0, :1], mask[1, :5], mask[2, 2:8] = 1, 1, 1  # unequal masked counts per crop
+  outputs_fn = jax.jit(reconstruction_outputs, static_argnums=(3, 4))
 
   def predict_fn(prediction):
     """Serves consecutive rows to consecutive batches, as the model would."""
@@ -85,8 +87,8 @@ def test_evaluator_weights_every_masked_patch_equally(tmp_path):
       start, size = sum(served), len(batch["image"])
       served.append(size)
       rows = slice(start, start + size)
-      return jax.tree.map(np.asarray, reconstruction_outputs(
-          batch["image"], prediction[rows], mask[rows], (1, 4, 4), norm_pix=True))
+      return jax.tree.map(np.asarray, outputs_fn(batch["image"], prediction[rows], mask[rows],
+                                                 (1, 4, 4), True))
 
     return predict
 
@@ -98,7 +100,7 @@ def test_evaluator_weights_every_masked_patch_equally(tmp_path):
   assert scores["val/mean_baseline"] == pytest.approx(
       float(predict_the_mean_loss(patches, mask, norm_pix=True)), rel=1e-5)
   perfect = np.asarray(reconstruction_targets(patches, norm_pix=True))
-  outputs = reconstruction_outputs(images, perfect, mask, (1, 4, 4), norm_pix=True)
+  outputs = outputs_fn(images, perfect, mask, (1, 4, 4), True)
   np.testing.assert_allclose(outputs["masked_error"], 0, atol=1e-8)
   np.testing.assert_allclose(outputs["reconstruction"], images, atol=1e-4)
   np.testing.assert_array_equal(outputs["masked_patches"], [1, 5, 6])

@@ -203,3 +203,15 @@ def test_predict_scales_stored_values_like_the_training_crops(tmp_path):
   assert np.all(np.isfinite(expected)) and 0.01 < np.std(expected)  # not saturated
   np.testing.assert_allclose(predicted, expected, atol=1e-5)
 
+
+
+def test_affinity_targets_do_not_depend_on_the_label_dtype():
+  target = unetr_finetune.TARGETS.get("affinities")(_config("smoke"))
+  labels = np.zeros((2, 6, 6), np.uint32)
+  labels[:, :3, :3], labels[:, 3:, :] = 7, 9  # 7 touches 9 (eroded apart) and background
+  expected, mask = target.make(labels)
+  # The eroded seam: rows 2 and 3 (both sides of the 7 | 9 contact) lose their labels.
+  assert expected[0, 1, 1, 1] == 1 and expected[0, 2, 1, 1] == 0 and expected[0, 4, 1, 1] == 0
+  assert expected[0, 5, 1, 1] == 1 and mask[0, 0, 1, 1] == 0 and mask[0, 1, 1, 1] == 1
+  for dtype in (np.int64, np.uint64, np.uint16):
+    np.testing.assert_array_equal(target.make(labels.astype(dtype))[0], expected)

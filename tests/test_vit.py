@@ -1,4 +1,4 @@
-"""ViTEncoder: patch tokens, position embedding, token selection, sizes, jit fwd/bwd in 2D and 3D."""
+"""ViTEncoder: patch tokens, position embedding, token selection, sizes, jit forward/backward."""
 
 import jax
 import jax.numpy as jnp
@@ -49,10 +49,11 @@ def test_outputs_block_outputs_and_class_token():
   last = np.asarray(blocks[-1])
   norm = variables["params"]["norm"]
   mean, var = last.mean(-1, keepdims=True), last.var(-1, keepdims=True)
-  expected = (last - mean) / np.sqrt(var + 1e-6) * np.asarray(norm["scale"]) + np.asarray(norm["bias"])
+  expected = ((last - mean) / np.sqrt(var + 1e-6) * np.asarray(norm["scale"])
+              + np.asarray(norm["bias"]))
   np.testing.assert_allclose(out, expected, rtol=1e-4, atol=1e-4)
   # The class token enters first, before the patch tokens.
-  np.testing.assert_raises(AssertionError, np.testing.assert_allclose, blocks[0][:, 0], blocks[0][:, 1])
+  assert np.abs(blocks[0][:, 0] - blocks[0][:, 1]).max() > 1e-3
 
 
 def test_keep_indices_select_tokens_before_the_blocks():
@@ -95,10 +96,10 @@ def test_named_sizes_and_base_parameter_count():
   assert _count(params) == (256 * w + w) + 12 * block + 2 * w + w  # embed, blocks, norm, cls
 
 
-@pytest.mark.parametrize("patch, shape", [((4, 4), (2, 16, 16, 1)), ((2, 4, 4), (2, 4, 8, 8, 1))])
-def test_jit_forward_backward(patch, shape):
-  model = _tiny(patch, cls=True)
-  x = jax.random.normal(jax.random.key(3), shape)
+def test_jit_forward_backward_3d():
+  # The 2-D encoder runs forward and backward inside the 2-D MAE (tests/test_mae.py).
+  model = _tiny((2, 4, 4), cls=True)
+  x = jax.random.normal(jax.random.key(3), (2, 4, 8, 8, 1))
   params = _numpy_variables(model, x)["params"]
   loss_fn = lambda p: jnp.mean(model.apply({"params": p}, x, train=True) ** 3)
   loss, grads = jax.jit(jax.value_and_grad(loss_fn))(params)

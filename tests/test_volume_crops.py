@@ -33,7 +33,8 @@ def test_plain_crop_is_the_window_at_the_drawn_origin():
 
 
 def test_origins_cover_the_volume_and_crops_fit():
-  origins = np.array([crop_origin((10, 24, 30), (4, 8, 9), np.random.default_rng(s)) for s in range(400)])
+  origins = np.array([crop_origin((10, 24, 30), (4, 8, 9), np.random.default_rng(s))
+                      for s in range(400)])
   np.testing.assert_array_equal(origins.min(0), 0)
   np.testing.assert_array_equal(origins.max(0), (6, 16, 21))
   assert crop_origin((4, 8, 9), (4, 8, 9), np.random.default_rng(0)) == (0, 0, 0)
@@ -87,11 +88,13 @@ def test_intensity_scaling_and_jitter():
   draws = np.random.default_rng(9)
   c, b, g = draws.uniform(0.5, 1.5), draws.uniform(-0.1, 0.1), draws.uniform(0.5, 2.0)
   expected = np.clip((x - x.mean()) * c + x.mean() + b, 0, 1) ** g
-  np.testing.assert_allclose(jitter_intensity(x, np.random.default_rng(9), aug), expected, rtol=1e-5)
+  np.testing.assert_allclose(jitter_intensity(x, np.random.default_rng(9), aug), expected,
+                             rtol=1e-5)
   crop = random_crop(VOLUME * 4 - 1, (4, 8, 8), np.random.default_rng(1), augmentation=aug,
                      intensity_range=(-1.0, 3.0))
   assert 0 <= crop.raw.min() and crop.raw.max() <= 1 and crop.raw.dtype == np.float32
-  plain = random_crop(VOLUME * 4 - 1, (4, 8, 8), np.random.default_rng(1), intensity_range=(-1.0, 3.0))
+  plain = random_crop(VOLUME * 4 - 1, (4, 8, 8), np.random.default_rng(1),
+                      intensity_range=(-1.0, 3.0))
   origin = crop_origin(VOLUME.shape, (4, 8, 8), np.random.default_rng(1))
   np.testing.assert_allclose(plain.raw, _window(VOLUME, origin, (4, 8, 8)), atol=1e-6)
 
@@ -100,13 +103,15 @@ def test_lazy_volume_source(tmp_path):
   tifffile.imwrite(tmp_path / "v.tif", VOLUME, compression="zlib")
   volume = TiffStackVolume(tmp_path / "v.tif")
   crop = random_crop(volume, (4, 8, 9), np.random.default_rng(4))
-  np.testing.assert_array_equal(crop.raw, random_crop(VOLUME, (4, 8, 9), np.random.default_rng(4)).raw)
+  in_memory = random_crop(VOLUME, (4, 8, 9), np.random.default_rng(4))
+  np.testing.assert_array_equal(crop.raw, in_memory.raw)
   with pytest.raises(DataError, match="v.tif: crop \\(11, 8, 9\\) does not fit"):
     random_crop(volume, (11, 8, 9), np.random.default_rng(0))
 
 
 def test_bad_crops():
-  with pytest.raises(DataError, match="crop \\(4, 25, 9\\) does not fit in volume of shape \\(10, 24, 30\\)"):
+  with pytest.raises(DataError,
+                     match=r"crop \(4, 25, 9\) does not fit in volume of shape \(10, 24, 30\)"):
     random_crop(VOLUME, (4, 25, 9), np.random.default_rng(0))
   with pytest.raises(DataError, match="must be \\(d, h, w\\) or \\(h, w\\)"):
     random_crop(VOLUME, (1, 2, 3, 4), np.random.default_rng(0))

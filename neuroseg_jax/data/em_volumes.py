@@ -126,10 +126,11 @@ class TiffStackVolume(LazyVolume):
       with tifffile.TiffFile(self.path) as tif:
         series = tif.series
         num_pages = len(tif.pages)
-        if len(series) == 1 and len(series[0].shape) == 3:
+        if len(series) == 1 and len(series[0].shape) == 3 and series[0].axes.endswith("YX"):
           self.shape, self.dtype = tuple(series[0].shape), np.dtype(series[0].dtype)
           self._memmappable = series[0].dataoffset is not None
-        elif len(series) > 1 and all(s.shape == series[0].shape and len(s.shape) == 2 for s in series):
+        elif len(series) > 1 and all(s.shape == series[0].shape and len(s.shape) == 2
+                                     for s in series):
           self.shape = (len(series), *series[0].shape)
           self.dtype, self._memmappable = np.dtype(series[0].dtype), False
         else:
@@ -141,7 +142,8 @@ class TiffStackVolume(LazyVolume):
     except Exception as err:  # tifffile raises many types for non-TIFF / corrupt files.
       raise DataError(self.path, f"cannot read as TIFF ({err})") from err
     if not self._memmappable and num_pages != self.shape[0]:
-      raise DataError(self.path, f"{num_pages} pages for {self.shape[0]} z-slices; cannot read lazily")
+      raise DataError(self.path, f"{num_pages} page(s) for {self.shape[0]} z-slices (compressed "
+                      "planar samples?); cannot read lazily: store one page per z-slice")
     self._check(check_constant)
 
   def _read(self, zs, ys, xs):
@@ -157,7 +159,7 @@ def _extent(ys: slice, xs: slice) -> tuple[int, int]:
 
 
 def read_slice_file(path: Path) -> np.ndarray:
-  """One 2-D slice from a PNG or TIFF file -> [H, W]; DataError if missing, unreadable or not 2-D."""
+  """One 2-D slice of a PNG or TIFF file -> [H, W]; DataError if missing, unreadable, not 2-D."""
   _require_file(path)
   try:
     if path.suffix.lower() in TIFF_SUFFIXES:
@@ -201,7 +203,8 @@ class SliceFolderVolume(LazyVolume):
     for path in self.files[zs]:
       image = read_slice_file(path)
       if image.shape != self.shape[1:]:
-        raise DataError(path, f"slice shape {image.shape} differs from {self.shape[1:]} of the first slice")
+        raise DataError(path, f"slice shape {image.shape} differs from {self.shape[1:]} "
+                        "of the first slice")
       slices.append(image[ys, xs])
     return np.stack(slices) if slices else np.zeros((0, *_extent(ys, xs)), self.dtype)
 
@@ -215,7 +218,8 @@ class Hdf5Volume(LazyVolume):
     try:
       with h5py.File(self.path, "r") as handle:
         datasets = []
-        handle.visititems(lambda n, obj: datasets.append(n) if isinstance(obj, h5py.Dataset) else None)
+        handle.visititems(
+            lambda n, obj: datasets.append(n) if isinstance(obj, h5py.Dataset) else None)
         if key is None and len(datasets) != 1:
           raise DataError(self.path, f"give a dataset key; the file holds {datasets}")
         self.key = datasets[0] if key is None else key
@@ -263,7 +267,8 @@ def open_volume(path, key: str | None = None, check_constant: bool = True) -> La
   if suffix in HDF5_SUFFIXES:
     return Hdf5Volume(path, key, check_constant)
   _require_file(path)
-  raise DataError(path, f"unsupported volume format {suffix!r}; expected TIFF, HDF5 or a slice folder")
+  raise DataError(path,
+                  f"unsupported volume format {suffix!r}; expected TIFF, HDF5 or a slice folder")
 
 
 class LabeledVolume(NamedTuple):
@@ -319,7 +324,8 @@ def open_mitoem(root, split: str = "train", labels_path=None, labels_key: str | 
   elif label_dir is not None and label_dir.is_dir():
     label_files = _numbered_files(label_dir, "seg", TIFF_SUFFIXES)
     indices = sorted(label_files)
-    labels = SliceFolderVolume([label_files[i] for i in indices], str(label_dir), check_constant=False)
+    labels = SliceFolderVolume([label_files[i] for i in indices], str(label_dir),
+                               check_constant=False)
   else:
     indices, labels = [i for i in MITOEM_SLICES[split] if i in images], None
   missing = [i for i in indices if i not in images]

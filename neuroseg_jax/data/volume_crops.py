@@ -53,7 +53,8 @@ def crop_origin(volume_shape: Sequence[int], crop_shape: Sequence[int], rng: np.
                 name: str = "volume") -> tuple[int, ...]:
   """Uniform random corner of a crop lying fully inside the volume; DataError if it cannot fit."""
   volume_shape, crop_shape = tuple(volume_shape), tuple(crop_shape)
-  if len(volume_shape) != len(crop_shape) or any(c > v or c < 1 for c, v in zip(crop_shape, volume_shape)):
+  if len(volume_shape) != len(crop_shape) or any(
+      c > v or c < 1 for c, v in zip(crop_shape, volume_shape)):
     raise DataError(name, f"crop {crop_shape} does not fit in volume of shape {volume_shape}")
   return tuple(int(rng.integers(v - c + 1)) for v, c in zip(volume_shape, crop_shape))
 
@@ -80,7 +81,8 @@ def _apply_geometry(block: np.ndarray, perm: tuple, flips: tuple, k: int) -> np.
   return np.ascontiguousarray(np.rot90(block, k, axes=(1, 2)))
 
 
-def jitter_intensity(raw: np.ndarray, rng: np.random.Generator, aug: CropAugmentation) -> np.ndarray:
+def jitter_intensity(raw: np.ndarray, rng: np.random.Generator,
+                     aug: CropAugmentation) -> np.ndarray:
   """[...] float32 in [0, 1] -> contrast, brightness and gamma jittered, clipped to [0, 1]."""
   mean = raw.mean()
   raw = (raw - mean) * rng.uniform(*aug.contrast) + mean + rng.uniform(*aug.brightness)
@@ -115,11 +117,13 @@ def random_crop(volume, crop_shape: Sequence[int], rng: np.random.Generator, lab
     raise DataError(name, f"crop shape {tuple(crop_shape)} must be (d, h, w) or (h, w)")
   for label in labels:
     if tuple(label.shape) != tuple(volume.shape):
-      raise DataError(getattr(label, "name", "labels"),
-                      f"label shape {tuple(label.shape)} differs from volume shape {tuple(volume.shape)}")
+      raise DataError(getattr(label, "name", "labels"), f"label shape {tuple(label.shape)} "
+                      f"differs from volume shape {tuple(volume.shape)}")
   origin = crop_origin(volume.shape, block_shape, rng, name)
   window = tuple(slice(o, o + c) for o, c in zip(origin, block_shape))
-  geometry = _random_geometry(rng, block_shape, augmentation) if augmentation else ((0, 1, 2), (), 0)
+  geometry = ((0, 1, 2), (), 0)  # identity: (axis order, flipped axes, rot90 k)
+  if augmentation is not None:
+    geometry = _random_geometry(rng, block_shape, augmentation)
   raw = _apply_geometry(np.asarray(volume[window]), *geometry).astype(np.float32)
   label_crops = tuple(_apply_geometry(np.asarray(label[window]), *geometry) for label in labels)
   if intensity_range is not None:

@@ -70,7 +70,8 @@ def patchify(x: jax.Array, patch_size: Sequence[int]) -> jax.Array:
   return x.reshape(split).transpose(order).reshape(batch, math.prod(grid), -1)
 
 
-def unpatchify(patches: jax.Array, grid_shape: Sequence[int], patch_size: Sequence[int]) -> jax.Array:
+def unpatchify(patches: jax.Array, grid_shape: Sequence[int],
+               patch_size: Sequence[int]) -> jax.Array:
   """[B, N, prod(patch_size) * C] -> [B, *(grid_shape * patch_size), C]; inverse of patchify."""
   batch, ndim = patches.shape[0], len(grid_shape)
   channels = patches.shape[-1] // math.prod(patch_size)
@@ -107,8 +108,9 @@ class MAE(nn.Module):
     self.decoder_embed = nn.Dense(self.decoder_width, dtype=self.dtype)
     self.mask_token = self.param("mask_token", nn.initializers.normal(0.02),
                                  (1, 1, self.decoder_width))
-    self.decoder_blocks = [TransformerBlock(self.decoder_num_heads, self.mlp_ratio, dtype=self.dtype)
-                           for _ in range(self.decoder_depth)]
+    self.decoder_blocks = [
+        TransformerBlock(self.decoder_num_heads, self.mlp_ratio, dtype=self.dtype)
+        for _ in range(self.decoder_depth)]
     self.decoder_norm = nn.LayerNorm(epsilon=LAYER_NORM_EPSILON, dtype=self.dtype)
     self.decoder_pred = nn.Dense(int(np.prod(self.patch_size)) * self.in_channels, dtype=self.dtype)
 
@@ -132,7 +134,8 @@ class MAE(nn.Module):
     batch, num_tokens = ids_restore.shape
     mask_tokens = jnp.broadcast_to(self.mask_token.astype(y.dtype),
                                    (batch, num_tokens - y.shape[1], self.decoder_width))
-    y = jnp.take_along_axis(jnp.concatenate([y, mask_tokens], axis=1), ids_restore[..., None], axis=1)
+    y = jnp.concatenate([y, mask_tokens], axis=1)
+    y = jnp.take_along_axis(y, ids_restore[..., None], axis=1)  # back to grid order
     y = y + jnp.asarray(sincos_position_embedding(grid, self.decoder_width), y.dtype)
     if self.use_class_token:
       y = jnp.concatenate([cls, y], axis=1)

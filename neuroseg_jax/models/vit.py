@@ -42,7 +42,8 @@ def token_grid_shape(spatial: Sequence[int], patch_size: Sequence[int]) -> tuple
   """
   spatial, patch_size = tuple(spatial), tuple(patch_size)
   if len(spatial) != len(patch_size) or any(s % p for s, p in zip(spatial, patch_size)):
-    raise DataError("ViT input", f"spatial shape {spatial} is not tileable by patch size {patch_size}")
+    raise DataError("ViT input",
+                    f"spatial shape {spatial} is not tileable by patch size {patch_size}")
   return tuple(s // p for s, p in zip(spatial, patch_size))
 
 
