@@ -13,7 +13,8 @@ smoke, a few steps of a tiny model (seconds).
 Arguments (`:a,b=c`; sizes written "DxHxW", e.g. crop=6x96x96, since commas
 separate arguments): source (simulator | file), path, key (HDF5 dataset), size
 (a ViT size: mu, mini, tiny, small, base, large, huge), patch, crop, use_class_token,
-decoder_width, decoder_depth, decoder_heads, mask_ratio, norm_pix, batch_size,
+bin (z-y-x mean-pooling factors of the volume, e.g. 2x2x2), decoder_width,
+decoder_depth, decoder_heads, mask_ratio, norm_pix, batch_size,
 num_steps, warmup_steps, lr, weight_decay, seed, sim_shape, sim_seed, val_slices,
 val_crops, eval_every, bf16.
 
@@ -36,7 +37,7 @@ TOMOGRAM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vol
 
 ARGS_3D = dict(
     smoke=False, cpu=False, tomo=False, source="simulator", path="", key="", size="base",
-    patch="1x16x16", crop="6x96x96", use_class_token=True, decoder_width=384, decoder_depth=8,
+    bin="1x1x1", patch="1x16x16", crop="6x96x96", use_class_token=True, decoder_width=384, decoder_depth=8,
     decoder_heads=16, mask_ratio=0.9, norm_pix=True, batch_size=96, num_steps=400_000,
     warmup_steps=100_000, lr=1e-4, weight_decay=0.0, seed=0, sim_shape="48x256x256", sim_seed=0,
     val_slices=8, val_crops=32, eval_every=0, bf16=False,
@@ -100,6 +101,7 @@ def build_config(arg: str | None, args_defaults: dict, variants: dict) -> ml_col
       "path": args.path,
       "key": args.key,
       "simulator": {"shape": sizes(args.sim_shape), "seed": args.sim_seed},
+      "bin": sizes(args.bin),
       "crop": sizes(args.crop),
       "val_slices": args.val_slices,   # last z-slices held out for validation crops
       "val_crops": args.val_crops,

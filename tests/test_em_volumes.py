@@ -240,3 +240,17 @@ def test_z_range_view():
   _check_indexing(view, array[1:6])
   with pytest.raises(DataError, match="z range \\[4, 9\\) is not inside depth 6"):
     em_volumes.ZRange(array, 4, 9)
+
+
+def test_binned_volume_mean_pools_lazily(tmp_path):
+  array = _raw((9, 10, 13)).astype(np.float32)
+  tifffile.imwrite(tmp_path / "v.tif", array)
+  binned = em_volumes.BinnedVolume(open_volume(tmp_path / "v.tif"), (2, 2, 3))
+  assert binned.shape == (4, 5, 4) and binned.dtype == np.float32
+  expected = array[:8, :10, :12].reshape(4, 2, 5, 2, 4, 3).mean(axis=(1, 3, 5))
+  np.testing.assert_allclose(binned[:], expected, rtol=1e-6)
+  np.testing.assert_allclose(binned[1:3, 2:4, 1:2], expected[1:3, 2:4, 1:2], rtol=1e-6)
+  with pytest.raises(DataError, match=r"v.tif\[bin 2x2x3\]: volume .* smaller than one bin"):
+    em_volumes.BinnedVolume(binned, (1, 1, 5))
+  with pytest.raises(DataError, match="three positive integers"):
+    em_volumes.BinnedVolume(array, (2, 0, 1))

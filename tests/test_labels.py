@@ -170,6 +170,11 @@ def test_masks_instance_image_round_trip_and_overlap_rule():
   small[0, 1, 1] = True
   np.testing.assert_array_equal(masks_to_instance_image(np.concatenate([small, big])),
                                 [[2, 2, 2], [2, 1, 2], [2, 2, 2]])  # smallest wins.
+  # 0/1 integer masks mean the same as boolean ones; no masks -> all background.
+  np.testing.assert_array_equal(masks_to_instance_image(masks.astype(np.uint8)),
+                                masks_to_instance_image(masks))
+  np.testing.assert_array_equal(masks_to_instance_image(np.zeros((0, 2, 3), bool)),
+                                np.zeros((2, 3), np.int32))
 
 
 def test_instance_image_bad_input(tmp_path):

@@ -178,8 +178,9 @@ def masks_to_instance_image(masks: np.ndarray) -> np.ndarray:
   Where masks overlap, the smallest mask wins, so an instance only disappears if
   a smaller one covers it completely.
   """
+  masks = np.asarray(masks, bool)
   labels = np.zeros(masks.shape[1:], np.int32)
-  for i in np.argsort(-masks.reshape(len(masks), -1).sum(axis=1), kind="stable"):
+  for i in np.argsort(-masks.sum(axis=(1, 2)), kind="stable"):
     labels[masks[i]] = i + 1
   return labels
 

@@ -1,7 +1,8 @@
 """Masked-autoencoder self-pre-training of a ViT on an unlabeled EM volume ("mae_pretrain").
 
 Data: one [D, H, W] volume from `SOURCES` (`data.source`: the EM simulator's raw
-volume, or any TIFF stack / HDF5 dataset / slice folder at `data.path`). The last
+volume, or any TIFF stack / HDF5 dataset / slice folder at `data.path`), mean-pooled
+by `data.bin` (z, y, x) factors when they are not all 1 (`em_volumes.BinnedVolume`). The last
 `data.val_slices` z-slices are held out for validation; training crops come from
 the slices before them. Crops of `data.crop` ((d, h, w) for a 3D ViT, (h, w) for a
 2D one, taken from single slices) are scaled to about [0, 1] by the volume's
@@ -136,6 +137,8 @@ class MAEPretrain(base.Task):
                       "must both be 3-D (d, h, w) or 2-D (h, w)")
     vit.token_grid_shape(self.crop, self.patch_size)  # DataError unless tileable
     volume = SOURCES.get(data.source)(data)
+    if tuple(data.bin) != (1, 1, 1):
+      volume = em_volumes.BinnedVolume(volume, data.bin)
     depth = volume.shape[0]
     split = depth - data.val_slices
     self.train_volume = em_volumes.ZRange(volume, 0, split)
