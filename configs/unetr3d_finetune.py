@@ -15,7 +15,8 @@ crop=6x96x96, since commas separate arguments):
   label_fraction  fraction of the training z-range (its first slices) that is labeled
   size, patch, use_class_token  the ViT (must equal the MAE's: size, patch, class token)
   crop, decoder_width, split_z, batch_size, num_steps, lr, seed, eval_every, sim_shape,
-  sim_seed, eval_stride, eval_padding, flip_tta, min_size
+  sim_seed, sim_zoom (simulated structures this many times larger), eval_stride,
+  eval_padding, flip_tta, min_size
 
 Variant settings follow /work/shared/reference/emmae/README.md (the EM-MAE code):
   snemi   ViT-base, patch 1x16x16, crops 6x96x96, 3 affinities, label erosion 1, BCE 1 +
@@ -45,7 +46,7 @@ COMMON = dict(
     source="simulator", path="", labels_path="", target="affinities", pretrained="",
     label_fraction=1.0, size="tiny", patch="1x16x16", use_class_token=True, crop="6x96x96",
     decoder_width=32, split_z=-16, batch_size=4, num_steps=2000, lr=1e-3, optimizer="adamw",
-    warmup_steps=100, seed=0, eval_every=0, sim_shape="48x192x192", sim_seed=0,
+    warmup_steps=100, seed=0, eval_every=0, sim_shape="48x192x192", sim_seed=0, sim_zoom=1.0,
     eval_stride="", eval_padding="", flip_tta=False, min_size=0,
 )
 VARIANTS = {
@@ -112,6 +113,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "path": args.path,
       "labels_path": args.labels_path,
       "simulator": {"shape": sizes(args.sim_shape), "seed": args.sim_seed,
+                    "zoom": args.sim_zoom,
                     "labels": "neurons" if args.target == "affinities" else "mitochondria"},
       "split_z": args.split_z,
       "label_fraction": args.label_fraction,

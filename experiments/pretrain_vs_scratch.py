@@ -69,7 +69,7 @@ def pretrain_arg(args, run: str) -> str:
          f"warmup_steps={args.mae_steps // 20},mask_ratio={args.mask_ratio},"
          f"norm_pix={bool(args.norm_pix)}")
   if run == "simulator":
-    return arg + f",sim_shape={args.sim_shape},sim_seed=1000"
+    return arg + f",sim_shape={args.sim_shape},sim_zoom={args.sim_zoom},sim_seed=1000"
   depth = em_volumes.open_volume(os.path.join(SHARED_VOLUMES, "nuclei.tif")).shape[0]
   return (arg + f",source=file,path={os.path.join(SHARED_VOLUMES, 'nuclei.tif')},"
           f"val_slices={depth - NUCLEI_SPLIT_Z}")
@@ -82,7 +82,8 @@ def finetune_arg(args, comparison: str, seed: int, pretrained: str) -> str:
          f"warmup_steps={args.finetune_steps // 10},lr={args.lr},"
          f"label_fraction={args.label_fraction},seed={seed}")
   if comparison != "nuclei":
-    arg += f",sim_shape={args.sim_shape},split_z=-{args.sim_test_slices}"
+    arg += (f",sim_shape={args.sim_shape},sim_zoom={args.sim_zoom},"
+            f"split_z=-{args.sim_test_slices}")
   return arg + f",pretrained={pretrained}" if pretrained else arg
 
 
@@ -131,6 +132,9 @@ def parse_args(argv=None):
   parser.add_argument("--decoder_width", type=int, default=8)
   parser.add_argument("--label_fraction", type=float, default=1.0)
   parser.add_argument("--sim_shape", default="32x128x128")
+  parser.add_argument("--sim_zoom", type=float, default=1.0,
+                      help="simulated structures this many times larger (2: MitoEM-sized "
+                           "mitochondria, 8-14 voxels across)")
   parser.add_argument("--sim_test_slices", type=int, default=12)
   return parser.parse_args(argv)
 

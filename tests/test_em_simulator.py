@@ -89,3 +89,18 @@ def test_blockwise_cell_assignment_is_exact():
   q = points[:, None, :] - seeds[None]
   dist = (q ** 2).sum(-1) - (1 - elongations ** -2.0) * (q * axes[None]).sum(-1) ** 2
   np.testing.assert_array_equal(got, dist.argmin(1))
+
+
+def test_zoom_enlarges_cells_and_mitochondria():
+  params = EMSimulationParams()
+  zoomed = params.zoomed(2.0)
+  assert zoomed.cell_diameter == 44.0 and zoomed.mito_radius == (4.0, 7.0)
+  assert zoomed.z_spacing == params.z_spacing and zoomed.noise_std == params.noise_std
+  plain, big = (simulate_em_volume((12, 96, 96), 3, p) for p in (params, zoomed))
+
+  def mean_size(labels):
+    counts = np.bincount(labels.ravel())[1:]
+    return counts[counts > 0].mean()
+
+  assert mean_size(big.neurons) > 2.5 * mean_size(plain.neurons)
+  assert mean_size(big.mitochondria) > 2.5 * mean_size(plain.mitochondria)

@@ -233,13 +233,15 @@ def test_empty_constant_and_mismatched_volumes(tmp_path):
     volume[::2]
 
 
-def test_z_range_view():
+def test_axis_range_views():
   array = _raw()
-  view = em_volumes.ZRange(array, 1, 6)
+  view = em_volumes.AxisRange(array, 1, 6)
   assert view.shape == (5, 20, 30) and view.dtype == np.uint8
   _check_indexing(view, array[1:6])
-  with pytest.raises(DataError, match="z range \\[4, 9\\) is not inside depth 6"):
-    em_volumes.ZRange(array, 4, 9)
+  _check_indexing(em_volumes.AxisRange(array, 3, 25, axis=2), array[:, :, 3:25])
+  _check_indexing(em_volumes.AxisRange(array, 0, 7, axis=1), array[:, :7])
+  with pytest.raises(DataError, match=r"z range \[4, 9\) is not inside \[0, 6\)"):
+    em_volumes.AxisRange(array, 4, 9)
 
 
 def test_binned_volume_mean_pools_lazily(tmp_path):

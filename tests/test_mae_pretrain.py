@@ -106,6 +106,18 @@ def test_evaluator_weights_every_masked_patch_equally(tmp_path):
   np.testing.assert_array_equal(outputs["masked_patches"], [1, 5, 6])
   assert (tmp_path / "r.png").exists()
 
+def test_held_out_slab_along_x_and_binning():
+  # smoke: simulated 8x48x48; binned 2x2x2 -> 4x24x24; the last 8 x-columns validate.
+  task = tasks.get_task("mae_pretrain")(
+      _config("mae3d_pretrain.py",
+              "smoke,bin=2x2x2,val_axis=2,val_slices=8,crop=2x8x8,patch=1x4x4"))
+  assert task.train_volume.shape == (4, 24, 16) and task.val_volume.shape == (4, 24, 8)
+  full = task.train_volume.volume[:]
+  np.testing.assert_array_equal(task.val_volume[:], full[:, :, 16:])
+  assert task.validation_images().shape == (4, 2, 8, 8, 1)
+  with pytest.raises(DataError, match="expected 0 \\(z\\), 1 \\(y\\) or 2 \\(x\\), got 3"):
+    tasks.get_task("mae_pretrain")(_config("mae3d_pretrain.py", "smoke,val_axis=3"))
+
 
 def test_config_errors():
   with pytest.raises(DataError, match="not tileable"):

@@ -240,20 +240,27 @@ class Hdf5Volume(LazyVolume):
       return handle[self.key][zs, ys, xs]
 
 
-class ZRange(LazyVolume):
-  """Slices [z0, z1) of a [D, H, W] volume (array or LazyVolume) as a [z1 - z0, H, W] volume."""
+class AxisRange(LazyVolume):
+  """Indices [start, stop) along one axis (0 = z, 1 = y, 2 = x) of a [D, H, W] volume
+  (array or LazyVolume), as a volume of that extent along the axis: a held-out slab."""
 
-  def __init__(self, volume, z0: int, z1: int):
+  def __init__(self, volume, start: int, stop: int, axis: int = 0):
     name = getattr(volume, "name", "volume")
-    if not 0 <= z0 < z1 <= volume.shape[0]:
-      raise DataError(name, f"z range [{z0}, {z1}) is not inside depth {volume.shape[0]}")
-    self.volume, self.z0 = volume, z0
-    self.name = f"{name}[z {z0}:{z1}]"
-    self.shape = (z1 - z0, *volume.shape[1:])
+    axis_name, size = "zyx"[axis], volume.shape[axis]
+    if not 0 <= start < stop <= size:
+      raise DataError(name, f"{axis_name} range [{start}, {stop}) is not inside [0, {size})")
+    self.volume, self.start, self.axis = volume, start, axis
+    self.name = f"{name}[{axis_name} {start}:{stop}]"
+    shape = list(volume.shape)
+    shape[axis] = stop - start
+    self.shape = tuple(shape)
     self.dtype = np.dtype(volume.dtype)
 
   def _read(self, zs, ys, xs):
-    return np.asarray(self.volume[self.z0 + zs.start:self.z0 + zs.stop, ys, xs])
+    window = [zs, ys, xs]
+    window[self.axis] = slice(self.start + window[self.axis].start,
+                              self.start + window[self.axis].stop)
+    return np.asarray(self.volume[tuple(window)])
 
 
 class BinnedVolume(LazyVolume):

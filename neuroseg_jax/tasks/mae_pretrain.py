@@ -2,11 +2,13 @@
 
 Data: one [D, H, W] volume from `SOURCES` (`data.source`: the EM simulator's raw
 volume, or any TIFF stack / HDF5 dataset / slice folder at `data.path`), mean-pooled
-by `data.bin` (z, y, x) factors when they are not all 1 (`em_volumes.BinnedVolume`). The last
-`data.val_slices` z-slices are held out for validation; training crops come from
-the slices before them. Crops of `data.crop` ((d, h, w) for a 3D ViT, (h, w) for a
-2D one, taken from single slices) are scaled to about [0, 1] by the volume's
-0.5 / 99.5 intensity percentiles, augmented (`data.augment`: flips, in-plane
+by `data.bin` (z, y, x) factors when they are not all 1 (`em_volumes.BinnedVolume`).
+The last `data.val_slices` slices along axis `data.val_axis` (0 = z, the default;
+1 = y, 2 = x, for volumes whose z-ends hold no structure, such as a tomogram's ice)
+are held out for validation; training crops come from the slices before them. Crops
+of `data.crop` ((d, h, w) for a 3D ViT, (h, w) for a 2D one, taken from single
+slices) are scaled to about [0, 1] by the volume's 0.5 / 99.5 intensity
+percentiles, augmented (`data.augment`: flips, in-plane
 rot90, contrast / brightness / gamma jitter), then standardised with the mean and
 standard deviation of the scaled volume (`em_volumes.intensity_stats`), as MAE
 standardises ImageNet pixels. Fine-tuning should feed its encoder the same way.
@@ -56,7 +58,9 @@ SOURCES: Registry = Registry("unlabeled volume source")
 
 @SOURCES.register("simulator")
 def _simulated_volume(data):
-  return em_simulator.simulate_em_volume(tuple(data.simulator.shape), data.simulator.seed).raw
+  params = em_simulator.EMSimulationParams().zoomed(data.simulator.zoom)
+  return em_simulator.simulate_em_volume(tuple(data.simulator.shape), data.simulator.seed,
+                                         params).raw
 
 
 @SOURCES.register("file")
@@ -139,19 +143,21 @@ class MAEPretrain(base.Task):
     volume = SOURCES.get(data.source)(data)
     if tuple(data.bin) != (1, 1, 1):
       volume = em_volumes.BinnedVolume(volume, data.bin)
-    depth = volume.shape[0]
-    split = depth - data.val_slices
-    self.train_volume = em_volumes.ZRange(volume, 0, split)
-    self.val_volume = (em_volumes.ZRange(volume, split, depth) if data.val_slices
+    if data.val_axis not in (0, 1, 2):
+      raise DataError("data.val_axis", f"expected 0 (z), 1 (y) or 2 (x), got {data.val_axis}")
+    axis, size = data.val_axis, volume.shape[data.val_axis]
+    split = size - data.val_slices
+    self.train_volume = em_volumes.AxisRange(volume, 0, split, axis)
+    self.val_volume = (em_volumes.AxisRange(volume, split, size, axis) if data.val_slices
                        else self.train_volume)
     self.stats = em_volumes.intensity_stats(volume)
     self.augmentation = volume_crops.CropAugmentation(
         flips=data.augment.flips, rot90=data.augment.rot90,
         contrast=tuple(data.augment.contrast), brightness=tuple(data.augment.brightness),
         gamma=tuple(data.augment.gamma))
-    logging.info("mae_pretrain: %s volume %s, train z [0, %d), validation z [%d, %d), crops %s, "
-                 "intensity %s", data.source, volume.shape, split,
-                 split if data.val_slices else 0, depth, self.crop, self.stats)
+    logging.info("mae_pretrain: %s volume %s, train %s [0, %d), validation [%d, %d), crops %s, "
+                 "intensity %s", data.source, volume.shape, "zyx"[axis], split,
+                 split if data.val_slices else 0, size, self.crop, self.stats)
 
   def _crop(self, volume, rng, augmentation=None) -> np.ndarray:
     """[*crop, 1] float32 crop, standardised: about zero mean and unit variance over the volume."""

@@ -73,7 +73,9 @@ def _simulated_volume(data):
   if data.simulator.labels not in SIMULATOR_LABELS:
     raise DataError("data.simulator.labels", f"expected one of {SIMULATOR_LABELS}, "
                     f"got {data.simulator.labels!r}")
-  volume = em_simulator.simulate_em_volume(tuple(data.simulator.shape), data.simulator.seed)
+  params = em_simulator.EMSimulationParams().zoomed(data.simulator.zoom)
+  volume = em_simulator.simulate_em_volume(tuple(data.simulator.shape), data.simulator.seed,
+                                           params)
   return em_volumes.LabeledVolume(volume.raw, getattr(volume, data.simulator.labels))
 
 
@@ -240,8 +242,8 @@ class UNETRFinetune(base.Task):
     shape = self.volume.raw.shape
     self.labeled_depth, self.split = split_regions(shape[0], data.split_z, data.label_fraction,
                                                    self.crop[0])
-    self.train_raw = em_volumes.ZRange(self.volume.raw, 0, self.labeled_depth)
-    self.train_labels = em_volumes.ZRange(self.volume.labels, 0, self.labeled_depth)
+    self.train_raw = em_volumes.AxisRange(self.volume.raw, 0, self.labeled_depth)
+    self.train_labels = em_volumes.AxisRange(self.volume.labels, 0, self.labeled_depth)
     volume_crops.crop_origin(self.train_raw.shape, self.crop, np.random.default_rng(0),
                              f"{data.source} labeled slab")  # fails now if crops cannot fit
     self.augmentation = volume_crops.CropAugmentation(
@@ -304,7 +306,7 @@ class UNETRFinetune(base.Task):
     window = tuple(cfg.window) or self.crop
     depth = self.volume.raw.shape[0]
     inference = em_evaluators.VolumeInference(
-        em_volumes.ZRange(self.volume.raw, self.split, depth), window,
+        em_volumes.AxisRange(self.volume.raw, self.split, depth), window,
         tuple(cfg.stride) or tuple(max(1, n // 2) for n in window),
         padding=tuple(cfg.padding) or (0, 0, 0), batch_size=cfg.batch_size,
         flip_axes=tuple(cfg.flip_axes), input_key="image",
