@@ -81,7 +81,8 @@ def run_ratio(args, ratio: float) -> dict:
 def save_plot(path: str, rows: list[dict], scratch: dict | None) -> None:
   """Reconstruction loss and baseline vs ratio; fine-tuning scores in a second panel if any."""
   ratios = [r["mask_ratio"] for r in rows]
-  scores = sorted(k for k in rows[0] if k.startswith("finetune_"))
+  # Scores only: a post-processing choice such as val/waterz_threshold is not plotted.
+  scores = sorted(k for k in rows[0] if k.startswith("finetune_") and "threshold" not in k)
   fig = mpl_figure.Figure(figsize=(5 * (1 + bool(scores)), 4))
   axes = fig.subplots(1, 1 + bool(scores), squeeze=False)[0]
   axes[0].plot(ratios, [r["val_reconstruction_loss"] for r in rows], "o-", label="MAE")
