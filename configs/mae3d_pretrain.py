@@ -37,11 +37,11 @@ TOMOGRAM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vol
 
 ARGS_3D = dict(
     smoke=False, cpu=False, tomo=False, source="simulator", path="", key="", size="base",
-    bin="1x1x1", patch="1x16x16", crop="6x96x96", use_class_token=True, decoder_width=384, decoder_depth=8,
-    decoder_heads=16, mask_ratio=0.9, norm_pix=True, batch_size=96, num_steps=400_000,
-    warmup_steps=100_000, lr=1e-4, weight_decay=0.0, seed=0, sim_shape="48x256x256", sim_seed=0,
-    sim_zoom=1.0,
-    val_slices=8, val_axis=0, val_crops=32, eval_every=0, bf16=False,
+    bin="1x1x1", patch="1x16x16", crop="6x96x96", use_class_token=True, decoder_width=384,
+    decoder_depth=8, decoder_heads=16, mask_ratio=0.9, norm_pix=True, batch_size=96,
+    num_steps=400_000, warmup_steps=100_000, lr=1e-4, weight_decay=0.0, seed=0,
+    sim_shape="48x256x256", sim_seed=0, sim_zoom=1.0, val_slices=8, val_axis=0, val_crops=32,
+    eval_every=0, bf16=False,
 )
 VARIANTS_3D = {
     # Validation on the last 32 x-columns: the tomogram's structure lies in its middle z

@@ -140,6 +140,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "stream": False,            # True: predictions go to a memmap in WORKDIR/eval_scratch
       "thresholds": (0.1, 0.3, 0.5, 0.7),
       "min_size": args.min_size,  # waterz instances below this size -> background
-      "watershed": {"min_seed_size": max(4, args.min_size // 4), "min_size": max(16, args.min_size)},
+      "watershed": {"min_seed_size": max(4, args.min_size // 4),
+                    "min_size": max(16, args.min_size)},
   })
   return config

@@ -10,7 +10,8 @@ MSE, as a fraction of the predict-the-mean baseline (mean 0 after standardising)
 An MAE that beats the interpolation has learned more than local smoothness; one
 that cannot beat the mean on a noisy volume meets the volume's noise floor.
 
-  python experiments/mae_interpolation_baseline.py --config=configs/mae3d_pretrain.py:cpu,tomo,bin=2x2x2
+  python experiments/mae_interpolation_baseline.py \
+      --config=configs/mae3d_pretrain.py:cpu,tomo,bin=2x2x2,norm_pix=False
 """
 
 from __future__ import annotations

@@ -206,7 +206,8 @@ def write_outputs(args, rows, table, pretrained_runs):
     print(f"{t['comparison']:<14}{t['score']:<11}{t['mae']:>9.4f}{t['scratch']:>9.4f}"
           f"{t['mae_minus_scratch']:>+9.4f}  {t['better']:<7} ({t['mae_better_seeds']})")
   total = sum(r["wall_s"] for r in rows) + sum(r["wall_s"] for r in pretrained_runs.values())
-  print(f"\ntotal run time {total:.0f} s; tables in {args.workdir}/pretrain_vs_scratch.{{json,csv}}")
+  print(f"\ntotal run time {total:.0f} s; "
+        f"tables in {args.workdir}/pretrain_vs_scratch.{{json,csv}}")
   print("fine-tuning points alone: python -m neuroseg_jax.main "
         "--config=configs/unetr3d_finetune.py:<config> --workdir=DIR with <config> from the json")
 
