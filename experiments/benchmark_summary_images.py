@@ -36,7 +36,7 @@ def numpy_correlation_image(movie: np.ndarray) -> np.ndarray:
   std = movie.std(0)
   z = (movie - movie.mean(0)) / np.where(std > 0, std, np.inf)
   height, width = std.shape
-  total, count = np.zeros((height, width), np.float32), np.zeros((height, width), np.float32)
+  total, count = np.zeros((height, width), z.dtype), np.zeros((height, width), z.dtype)
   for dr in (-1, 0, 1):
     for dc in (-1, 0, 1):
       if dr or dc:

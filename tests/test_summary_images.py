@@ -1,5 +1,8 @@
 """Chunked JAX summary images against direct NumPy computations."""
 
+import pathlib
+import sys
+
 import h5py
 import numpy as np
 import pytest
@@ -10,6 +13,9 @@ from neuroseg_jax.data.summary_images import (compute_summary_images, stack_chan
                                               windowed_max_projections)
 from neuroseg_jax.data.twophoton_sim import SimulationConfig, simulate_recording
 from neuroseg_jax.registry import UnknownNameError
+
+sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiments"))
+import benchmark_summary_images  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def numpy_summaries(movie, window):
@@ -95,21 +101,8 @@ def test_correlation_image_highlights_active_cells():
 
 
 def numpy_corr_vectorized(x):
-  """Mean neighbour correlation with whole-image slices (pixels with std > 0)."""
-  x = x.astype(np.float64)
-  std = x.std(0)
-  z = (x - x.mean(0)) / np.where(std > 0, std, np.inf)
-  height, width = std.shape
-  total, count = np.zeros((height, width)), np.zeros((height, width))
-  for dr in (-1, 0, 1):
-    for dc in (-1, 0, 1):
-      if dr or dc:
-        rows = slice(max(-dr, 0), height - max(dr, 0))
-        cols = slice(max(-dc, 0), width - max(dc, 0))
-        shifted = z[:, max(dr, 0):height + min(dr, 0), max(dc, 0):width + min(dc, 0)]
-        total[rows, cols] += (z[:, rows, cols] * shifted).mean(0)
-        count[rows, cols] += 1
-  return total / count
+  """Mean neighbour correlation in float64 by the benchmark's NumPy reference."""
+  return benchmark_summary_images.numpy_correlation_image(x.astype(np.float64))
 
 
 def test_vectorized_reference_agrees_with_pairwise_one(movie):
