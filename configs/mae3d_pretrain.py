@@ -1,7 +1,8 @@
 """MAE self-pre-training of a 3D ViT on an unlabeled EM volume (task "mae_pretrain").
 
   python -m neuroseg_jax.main --config=configs/mae3d_pretrain.py:smoke --workdir=/tmp/mae
-  python -m neuroseg_jax.main --config=configs/mae3d_pretrain.py:cpu,tomo --workdir=/tmp/mae_tomo
+  python -m neuroseg_jax.main --config=configs/mae3d_pretrain.py:cpu,tomo,lowpass=1 \
+      --workdir=/tmp/mae_tomo
   python -m neuroseg_jax.main \
       --config=configs/mae3d_pretrain.py:source=file,path=/data/snemi3d/train-input.tif --workdir=DIR
   python -m neuroseg_jax.main --config=configs/mae3d_pretrain.py:mask_ratio=0.75 --workdir=DIR
@@ -13,7 +14,9 @@ smoke, a few steps of a tiny model (seconds).
 Arguments (`:a,b=c`; sizes written "DxHxW", e.g. crop=6x96x96, since commas
 separate arguments): source (simulator | file), path, key (HDF5 dataset), size
 (a ViT size: mu, mini, tiny, small, base, large, huge), patch, crop, use_class_token,
-bin (z-y-x mean-pooling factors of the volume, e.g. 2x2x2), decoder_width,
+bin (z-y-x mean-pooling factors of the volume, e.g. 2x2x2), lowpass (Gaussian
+low-pass sigma in voxels after binning, one number or z-y-x like 0.5x1x1; 0 = off),
+decoder_width,
 decoder_depth, decoder_heads, mask_ratio, norm_pix, batch_size,
 num_steps, warmup_steps, lr, weight_decay, seed, sim_shape, sim_seed, sim_zoom,
 val_slices, val_axis, val_crops, eval_every, bf16.
@@ -37,16 +40,17 @@ TOMOGRAM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vol
 
 ARGS_3D = dict(
     smoke=False, cpu=False, tomo=False, source="simulator", path="", key="", size="base",
-    bin="1x1x1", patch="1x16x16", crop="6x96x96", use_class_token=True, decoder_width=384,
-    decoder_depth=8, decoder_heads=16, mask_ratio=0.9, norm_pix=True, batch_size=96,
-    num_steps=400_000, warmup_steps=100_000, lr=1e-4, weight_decay=0.0, seed=0,
+    bin="1x1x1", lowpass="0", patch="1x16x16", crop="6x96x96", use_class_token=True,
+    decoder_width=384, decoder_depth=8, decoder_heads=16, mask_ratio=0.9, norm_pix=True,
+    batch_size=96, num_steps=400_000, warmup_steps=100_000, lr=1e-4, weight_decay=0.0, seed=0,
     sim_shape="48x256x256", sim_seed=0, sim_zoom=1.0, val_slices=8, val_axis=0, val_crops=32,
     eval_every=0, bf16=False,
 )
 VARIANTS_3D = {
     # Validation on the last 32 x-columns: the tomogram's structure lies in its middle z
     # (smoothed per-slice std 0.35-0.38 at z 45-75 vs ~0.2 at both z ends), so a z-end
-    # slab would validate on nearly structureless ice.
+    # slab would validate on nearly structureless ice. Its raw voxels are mostly noise
+    # (neighbour correlation 0.17-0.34): add lowpass=1 to learn its structure (RESULTS.md).
     "tomo": dict(source="file", path=str(TOMOGRAM), val_slices=32, val_axis=2),
     # ~7 minutes on 2 idle CPU cores (12 steps/s). On the simulator the norm-pix loss stays
     # at its baseline (1) for ~1000 steps, then falls: 0.89 at 2000, 0.82 at 5000 steps.
@@ -66,6 +70,17 @@ def sizes(text: str) -> tuple[int, ...]:
     return tuple(int(v) for v in text.split("x"))
   except ValueError:
     raise ValueError(f"expected sizes written like 6x96x96, got {text!r}") from None
+
+
+def sigmas(text: str) -> tuple[float, float, float]:
+  """"1.5" -> (1.5, 1.5, 1.5); "0.5x1x1" -> (0.5, 1.0, 1.0)."""
+  try:
+    values = tuple(float(v) for v in str(text).split("x"))
+  except ValueError:
+    values = ()
+  if len(values) not in (1, 3):
+    raise ValueError(f"expected one sigma or three written like 0.5x1x1, got {text!r}")
+  return values * 3 if len(values) == 1 else values
 
 
 def build_config(arg: str | None, args_defaults: dict, variants: dict) -> ml_collections.ConfigDict:
@@ -107,6 +122,7 @@ def build_config(arg: str | None, args_defaults: dict, variants: dict) -> ml_col
       "simulator": {"shape": sizes(args.sim_shape), "seed": args.sim_seed,
                     "zoom": args.sim_zoom},
       "bin": sizes(args.bin),
+      "lowpass_sigma": sigmas(args.lowpass),  # z, y, x; all 0 = no filtering
       "crop": sizes(args.crop),
       "val_slices": args.val_slices,   # last slices along val_axis held out for validation
       "val_axis": args.val_axis,       # 0 = z, 1 = y, 2 = x

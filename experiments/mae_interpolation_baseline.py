@@ -58,7 +58,7 @@ def interpolate(image: np.ndarray, visible: np.ndarray, sigma) -> np.ndarray:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--config", default="configs/mae3d_pretrain.py:cpu")
-  parser.add_argument("--sigmas", default="0.5x2x2,1x3x3,1x5x5,2x8x8",
+  parser.add_argument("--sigmas", default="0.5x1x1,0.5x2x2,1x3x3,1x5x5,2x8x8",
                       help="Gaussian sigmas (z x y x x) to try, comma-separated")
   parser.add_argument("--seed", type=int, default=0)
   args = parser.parse_args()

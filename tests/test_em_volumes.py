@@ -5,6 +5,7 @@ import numpy as np
 import pytest
 import tifffile
 from PIL import Image
+from scipy import ndimage
 
 from neuroseg_jax.data import em_volumes
 from neuroseg_jax.data.em_volumes import (Hdf5Volume, SliceFolderVolume, TiffStackVolume,
@@ -256,3 +257,21 @@ def test_binned_volume_mean_pools_lazily(tmp_path):
     em_volumes.BinnedVolume(binned, (1, 1, 5))
   with pytest.raises(DataError, match="three positive integers"):
     em_volumes.BinnedVolume(array, (2, 0, 1))
+
+
+def test_gaussian_filtered_volume_matches_whole_volume_filter(tmp_path):
+  array = np.random.default_rng(3).normal(size=(12, 30, 41)).astype(np.float32)
+  tifffile.imwrite(tmp_path / "v.tif", array)
+  sigma = (0.5, 1.5, 2.0)
+  filtered = em_volumes.GaussianFilteredVolume(open_volume(tmp_path / "v.tif"), sigma)
+  assert filtered.shape == array.shape and filtered.dtype == np.float32
+  expected = ndimage.gaussian_filter(array, sigma, mode="reflect")
+  # Blocks touching the borders, the interior and a single voxel all match the whole-volume
+  # filter, and the result is far from the unfiltered noise.
+  for window in [np.s_[:], np.s_[3:7, 10:20, 12:30], np.s_[0:2, 25:30, 0:5], np.s_[5, 14, 20]]:
+    np.testing.assert_allclose(filtered[window], expected[window], rtol=1e-5, atol=1e-6)
+  assert filtered[:].std() < 0.5 * array.std()
+  with pytest.raises(DataError, match=r"v.tif: low-pass sigma must be three non-negative"):
+    em_volumes.GaussianFilteredVolume(open_volume(tmp_path / "v.tif"), (0, 0, 0))
+  with pytest.raises(DataError, match="low-pass sigma"):
+    em_volumes.GaussianFilteredVolume(array, (1.0, -1.0, 1.0))

@@ -9,6 +9,7 @@ from PIL import Image
 
 import neuroseg_jax.tasks.mae_pretrain  # noqa: F401  (registers "mae_pretrain")
 from neuroseg_jax import config_loading, tasks
+from neuroseg_jax.data import em_volumes
 from neuroseg_jax.data.errors import DataError
 from neuroseg_jax.models import mae as mae_lib
 from neuroseg_jax.registry import UnknownNameError
@@ -117,6 +118,20 @@ def test_held_out_slab_along_x_and_binning():
   assert task.validation_images().shape == (4, 2, 8, 8, 1)
   with pytest.raises(DataError, match="expected 0 \\(z\\), 1 \\(y\\) or 2 \\(x\\), got 3"):
     tasks.get_task("mae_pretrain")(_config("mae3d_pretrain.py", "smoke,val_axis=3"))
+
+
+def test_low_pass_filter_applies_after_binning():
+  task = tasks.get_task("mae_pretrain")(
+      _config("mae3d_pretrain.py", "smoke,bin=2x2x2,lowpass=0.5x1x1,crop=2x8x8,patch=1x4x4"))
+  filtered = task.train_volume.volume
+  assert isinstance(filtered, em_volumes.GaussianFilteredVolume)
+  assert filtered.sigma == (0.5, 1.0, 1.0)
+  assert isinstance(filtered.volume, em_volumes.BinnedVolume)
+  unfiltered = tasks.get_task("mae_pretrain")(
+      _config("mae3d_pretrain.py", "smoke,bin=2x2x2,crop=2x8x8,patch=1x4x4"))
+  assert not isinstance(unfiltered.train_volume.volume, em_volumes.GaussianFilteredVolume)
+  with pytest.raises(ValueError, match="one sigma or three"):
+    _config("mae3d_pretrain.py", "smoke,lowpass=1x2")
 
 
 def test_config_errors():

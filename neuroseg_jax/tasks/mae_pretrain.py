@@ -2,7 +2,9 @@
 
 Data: one [D, H, W] volume from `SOURCES` (`data.source`: the EM simulator's raw
 volume, or any TIFF stack / HDF5 dataset / slice folder at `data.path`), mean-pooled
-by `data.bin` (z, y, x) factors when they are not all 1 (`em_volumes.BinnedVolume`).
+by `data.bin` (z, y, x) factors when they are not all 1 (`em_volumes.BinnedVolume`),
+then low-pass filtered by a Gaussian of `data.lowpass_sigma` (z, y, x voxels) when it
+is not all 0 (`em_volumes.GaussianFilteredVolume`; for noise-dominated tomograms).
 The last `data.val_slices` slices along axis `data.val_axis` (0 = z, the default;
 1 = y, 2 = x, for volumes whose z-ends hold no structure, such as a tomogram's ice)
 are held out for validation; training crops come from the slices before them. Crops
@@ -143,6 +145,8 @@ class MAEPretrain(base.Task):
     volume = SOURCES.get(data.source)(data)
     if tuple(data.bin) != (1, 1, 1):
       volume = em_volumes.BinnedVolume(volume, data.bin)
+    if any(data.lowpass_sigma):
+      volume = em_volumes.GaussianFilteredVolume(volume, data.lowpass_sigma)
     if data.val_axis not in (0, 1, 2):
       raise DataError("data.val_axis", f"expected 0 (z), 1 (y) or 2 (x), got {data.val_axis}")
     axis, size = data.val_axis, volume.shape[data.val_axis]
