@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 
 from neuroseg_jax.data import affinities as aff
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.evaluation import em_evaluators as ev
 
 

@@ -6,7 +6,7 @@ import numpy as np
 import pytest
 import waterz
 
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.evaluation import em_metrics as m
 
 

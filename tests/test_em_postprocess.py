@@ -5,7 +5,7 @@ import pytest
 import tifffile
 
 from neuroseg_jax.data import affinities as aff
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.evaluation import em_metrics, em_postprocess as post
 from neuroseg_jax.registry import UnknownNameError
 

@@ -10,7 +10,7 @@ from scipy import ndimage
 from neuroseg_jax.data import em_volumes
 from neuroseg_jax.data.em_volumes import (Hdf5Volume, SliceFolderVolume, TiffStackVolume,
                                           intensity_range, open_mitoem, open_snemi3d, open_volume)
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 
 
 def _raw(shape=(6, 20, 30), seed=0, dtype=np.uint8):

@@ -5,7 +5,7 @@ import pytest
 import skimage.io
 import tifffile
 
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.data.images import list_yolo_folder, read_summary_image, read_yolo_example
 
 

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.data.images import list_yolo_folder, read_yolo_example
 from neuroseg_jax.data.instance_targets import Letterbox, make_instance_targets, mask_boxes
 

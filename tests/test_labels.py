@@ -11,7 +11,7 @@ import scipy.sparse
 import skimage.io
 import tifffile
 
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.data.labels import (instance_image_to_masks, load_masks,
                                       masks_to_instance_image, read_neurofinder)
 

@@ -8,7 +8,7 @@ import numpy as np
 import optax
 import pytest
 
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.losses.reconstruction import masked_reconstruction_loss
 from neuroseg_jax.models.mae import (MAE, num_visible_tokens, patchify, random_masking,
                                      unpatchify)

@@ -10,7 +10,7 @@ from PIL import Image
 import neuroseg_jax.tasks.mae_pretrain  # noqa: F401  (registers "mae_pretrain")
 from neuroseg_jax import config_loading, tasks
 from neuroseg_jax.data import em_volumes
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.models import mae as mae_lib
 from neuroseg_jax.registry import UnknownNameError
 from neuroseg_jax.losses.reconstruction import (masked_reconstruction_loss, predict_the_mean_loss,

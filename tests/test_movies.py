@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import tifffile
 
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.data.movies import (ArrayMovie, FrameFolderMovie, HDF5Movie, TiffPagesMovie,
                                       open_movie)
 

@@ -7,7 +7,7 @@ import pytest
 import skimage.io
 import tifffile
 
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.data.neuron_datasets import NEURON_SOURCES, load_neuron_samples
 from neuroseg_jax.data.twophoton_sim import SimulationConfig, simulate_recording
 from neuroseg_jax.registry import UnknownNameError

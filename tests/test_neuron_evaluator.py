@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from matplotlib import image as mpl_image
 
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.data.instance_targets import Letterbox
 from neuroseg_jax.evaluation import figures
 from neuroseg_jax.evaluation import neuron_evaluator as ev

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.evaluation import neuron_matching as nm
 
 

@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from neuroseg_jax.data.affinities import NEAREST_NEIGHBOUR_OFFSETS, affinities_from_labels
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.evaluation import sliding_window as sw
 
 

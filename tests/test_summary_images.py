@@ -7,7 +7,7 @@ import h5py
 import numpy as np
 import pytest
 
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.data.movies import open_movie
 from neuroseg_jax.data.summary_images import (compute_summary_images, stack_channels,
                                               windowed_max_projections)

@@ -9,7 +9,7 @@ import tifffile
 
 from neuroseg_jax import config_loading
 from neuroseg_jax import tasks
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.models import mae as mae_lib
 from neuroseg_jax.models import vit
 from neuroseg_jax.tasks import unetr_finetune

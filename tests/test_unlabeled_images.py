@@ -7,7 +7,7 @@ import tifffile
 from PIL import Image
 
 from neuroseg_jax.data import unlabeled_images
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.registry import UnknownNameError
 
 

@@ -5,7 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.models.mae import patchify
 from neuroseg_jax.models.position_embeddings import sincos_position_embedding
 from neuroseg_jax.models.vit import VIT_SIZES, ViTEncoder

@@ -5,7 +5,7 @@ import pytest
 import tifffile
 
 from neuroseg_jax.data.em_volumes import TiffStackVolume
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.data.volume_crops import (CropAugmentation, crop_origin, jitter_intensity,
                                             random_crop, scale_intensity)
 

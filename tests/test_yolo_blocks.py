@@ -9,7 +9,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.models.ema_attention import EMA
 from neuroseg_jax.models.fasternet import C2F_BLOCKS, DropPath, FasterBlock, PartialConv
 from neuroseg_jax.models.necks import NECKS, Fusion

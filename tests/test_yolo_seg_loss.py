@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 from scipy import special
 
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.losses import box_ops
 from neuroseg_jax.losses import yolo_seg_loss as seg_loss
 from neuroseg_jax.models import yolo_decode

@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 from flax import traverse_util
 
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.models import yolo_decode
 from neuroseg_jax.models.ema_attention import EMA
 from neuroseg_jax.models.necks import Fusion

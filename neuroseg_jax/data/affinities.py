@@ -23,7 +23,7 @@ import fastremap
 import numpy as np
 from scipy import ndimage
 
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 
 NEAREST_NEIGHBOUR_OFFSETS = ((-1, 0, 0), (0, -1, 0), (0, 0, -1))
 

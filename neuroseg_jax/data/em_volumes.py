@@ -26,7 +26,7 @@ import tifffile
 from PIL import Image
 from scipy import ndimage
 
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 
 TIFF_SUFFIXES = (".tif", ".tiff")
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import numpy as np
 
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.data.labels import read_image_file, read_yolo_masks
 from neuroseg_jax.data.movies import check_finite, check_pixel_dtype, require_file
 

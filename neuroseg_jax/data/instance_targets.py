@@ -22,7 +22,7 @@ import dataclasses
 
 import numpy as np
 
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.data.transforms2d import crop_and_resize
 
 MASK_STRIDE = 4

@@ -21,7 +21,7 @@ import skimage.io
 import tifffile
 from skimage.draw import polygon as fill_polygon
 
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.data.movies import FrameFolderMovie, require_file
 from neuroseg_jax.registry import Registry, UnknownNameError
 

@@ -19,7 +19,7 @@ import h5py
 import numpy as np
 import tifffile
 
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.registry import Registry, UnknownNameError
 
 MOVIE_READERS: Registry[Callable[..., "Movie"]] = Registry("movie format")

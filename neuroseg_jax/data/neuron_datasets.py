@@ -20,7 +20,7 @@ from typing import Sequence
 
 import numpy as np
 
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.data.images import list_yolo_folder, read_yolo_example
 from neuroseg_jax.data.labels import load_masks, read_neurofinder
 from neuroseg_jax.data.movies import open_movie

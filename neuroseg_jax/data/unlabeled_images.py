@@ -27,7 +27,7 @@ from typing import Any, Callable
 import numpy as np
 
 from neuroseg_jax.data import twophoton_sim
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.data.images import IMAGE_SUFFIXES, read_summary_image
 from neuroseg_jax.data.movies import open_movie
 from neuroseg_jax.data.summary_images import windowed_max_projections

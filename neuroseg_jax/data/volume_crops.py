@@ -14,7 +14,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 
 
 @dataclasses.dataclass(frozen=True)

@@ -16,7 +16,7 @@ from typing import Callable, Iterable, Sequence
 import numpy as np
 
 from neuroseg_jax.data.affinities import NEAREST_NEIGHBOUR_OFFSETS, check_label_volume
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.evaluation import em_metrics, em_postprocess
 from neuroseg_jax.evaluation.sliding_window import sliding_window_predict
 

@@ -27,7 +27,7 @@ import fastremap
 import numpy as np
 from scipy import sparse
 
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 
 DENSE_COUNT_LIMIT = 1 << 24  # bincount over (gt, seg) pairs below this many cells.
 SLAB_VOXELS = 1 << 24        # pair counting in slabs of about this many voxels.

@@ -26,7 +26,7 @@ import skimage.segmentation
 import waterz
 
 from neuroseg_jax.data.affinities import NEAREST_NEIGHBOUR_OFFSETS
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.registry import Registry
 
 POSTPROCESSORS: Registry = Registry("post-processor")

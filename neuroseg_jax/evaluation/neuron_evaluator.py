@@ -26,7 +26,7 @@ from typing import Callable, Iterator, Sequence
 import numpy as np
 from scipy import sparse
 
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.data.instance_targets import Letterbox
 from neuroseg_jax.evaluation import figures
 from neuroseg_jax.evaluation import mask_map

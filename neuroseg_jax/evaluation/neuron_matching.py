@@ -19,7 +19,7 @@ import numpy as np
 from scipy import optimize
 from scipy import sparse
 
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 
 MATCH_IOU = 0.5
 

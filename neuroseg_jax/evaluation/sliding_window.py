@@ -22,7 +22,7 @@ from typing import Callable, Sequence
 
 import numpy as np
 
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.registry import Registry
 
 BLENDINGS: Registry = Registry("window blending")

@@ -22,7 +22,7 @@ from typing import Callable
 
 import numpy as np
 
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.evaluation import neuron_matching
 from neuroseg_jax.evaluation import yolo_postprocess as post
 

@@ -31,7 +31,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.losses import box_ops
 from neuroseg_jax.losses import yolo_assigner
 from neuroseg_jax.models import yolo_decode

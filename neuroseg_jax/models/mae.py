@@ -20,7 +20,7 @@ import jax
 import jax.numpy as jnp
 import numpy as np
 
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.models.position_embeddings import sincos_position_embedding
 from neuroseg_jax.models.vit import LAYER_NORM_EPSILON, TransformerBlock, ViTEncoder
 

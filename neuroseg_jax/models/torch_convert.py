@@ -25,7 +25,7 @@ import jax.numpy as jnp
 import numpy as np
 from flax import traverse_util
 
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.models.necks import NECKS
 from neuroseg_jax.models.yolo_decode import REG_MAX
 from neuroseg_jax.models.yolo_seg import YOLOBackbone, YOLOSeg

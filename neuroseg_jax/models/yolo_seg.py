@@ -20,7 +20,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.models.fasternet import C2F_BLOCKS
 from neuroseg_jax.models.necks import NECKS
 from neuroseg_jax.models.segment_head import SegmentHead

@@ -47,7 +47,7 @@ import numpy as np
 
 from neuroseg_jax import tasks
 from neuroseg_jax.data import em_simulator, em_volumes, volume_crops
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.evaluation import reconstruction_figures
 from neuroseg_jax.losses import reconstruction
 from neuroseg_jax.models import mae as mae_lib

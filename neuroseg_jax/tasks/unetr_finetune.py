@@ -52,7 +52,7 @@ import numpy as np
 
 from neuroseg_jax import tasks
 from neuroseg_jax.data import affinities, em_simulator, em_volumes, volume_crops
-from neuroseg_jax.data.errors import DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.evaluation import em_evaluators
 from neuroseg_jax.losses import segmentation as seg_losses
 from neuroseg_jax.models import unetr, vit
