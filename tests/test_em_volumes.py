@@ -7,9 +7,10 @@ import tifffile
 from PIL import Image
 from scipy import ndimage
 
-from neuroseg_jax.data import em_volumes
-from neuroseg_jax.data.em_volumes import (Hdf5Volume, SliceFolderVolume, TiffStackVolume,
-                                          intensity_range, open_mitoem, open_snemi3d, open_volume)
+from neuroseg_jax.data import em_volumes, image_files
+from neuroseg_jax.data.em_volumes import open_mitoem, open_snemi3d, open_volume
+from neuroseg_jax.data.intensity import intensity_stats
+from neuroseg_jax.data.stacks import Hdf5Stack, SliceFolderStack, TiffStack
 from neuroseg_jax.errors import DataError
 
 
@@ -53,7 +54,7 @@ def test_snemi3d_layout(tmp_path, mode):
 def test_compressed_stack_reads_only_the_needed_pages(tmp_path, monkeypatch):
   raw = _raw()
   _write_tiff(tmp_path / "v.tif", raw, "zlib")
-  volume = TiffStackVolume(tmp_path / "v.tif")
+  volume = open_volume(tmp_path / "v.tif")
   reads = []
   original = tifffile.TiffPage.asarray
   monkeypatch.setattr(tifffile.TiffPage, "asarray", lambda self, *a, **k: reads.append(self.index)
@@ -65,13 +66,10 @@ def test_compressed_stack_reads_only_the_needed_pages(tmp_path, monkeypatch):
 def test_uncompressed_stack_is_memory_mapped(tmp_path, monkeypatch):
   raw = _raw()
   _write_tiff(tmp_path / "v.tif", raw, "plain")
-  volume = TiffStackVolume(tmp_path / "v.tif")
-  mapped = []
-  original = tifffile.memmap
-  monkeypatch.setattr(tifffile, "memmap", lambda *a, **k: mapped.append(a) or original(*a, **k))
+  volume = open_volume(tmp_path / "v.tif")
   monkeypatch.setattr(tifffile.TiffPage, "asarray", lambda *a, **k: pytest.fail("page read"))
   np.testing.assert_array_equal(volume[1:3, 4:9, 2:5], raw[1:3, 4:9, 2:5])
-  assert len(mapped) == 1
+  assert isinstance(volume.stack._array, np.memmap)
 
 
 def _write_png_slices(folder, array, name="im"):
@@ -96,8 +94,8 @@ def test_mitoem_layout_label_folders(tmp_path, monkeypatch):
   np.testing.assert_array_equal(val.labels[:], labels[4:6])
   # Reading z 1..2 decodes exactly those two slice files.
   decoded = []
-  original = em_volumes.read_slice_file
-  monkeypatch.setattr(em_volumes, "read_slice_file",
+  original = image_files.read_image_file
+  monkeypatch.setattr(image_files, "read_image_file",
                       lambda p: decoded.append(p.name) or original(p))
   train.raw[1:3, :4, :4]
   assert decoded == ["im0001.png", "im0002.png"]
@@ -125,22 +123,21 @@ def test_hdf5_and_generic_dispatch(tmp_path):
   with h5py.File(tmp_path / "one.h5", "w") as f:
     f.create_dataset("group/raw", data=raw, chunks=(1, 10, 10))
   volume = open_volume(tmp_path / "one.h5")  # the only dataset
-  assert isinstance(volume, Hdf5Volume) and volume.name.endswith("one.h5:group/raw")
+  assert isinstance(volume.stack, Hdf5Stack) and volume.name.endswith("one.h5:group/raw")
   _check_indexing(volume, raw)
   tifffile.imwrite(tmp_path / "stack.tiff", raw)
-  assert isinstance(open_volume(tmp_path / "stack.tiff"), TiffStackVolume)
+  assert isinstance(open_volume(tmp_path / "stack.tiff").stack, TiffStack)
   _write_png_slices(tmp_path / "slices", raw[:, :, :].astype(np.uint8))
   folder = open_volume(tmp_path / "slices")
-  assert isinstance(folder, SliceFolderVolume) and folder.shape == raw.shape
+  assert isinstance(folder.stack, SliceFolderStack) and folder.shape == raw.shape
 
 
-def test_intensity_range_uses_first_middle_last_slices(tmp_path):
+def test_intensity_stats_use_first_middle_last_slices(tmp_path):
   raw = _raw((7, 20, 30), dtype=np.float32)
   tifffile.imwrite(tmp_path / "v.tif", raw)
   sample = raw[[0, 3, 6]]
-  low, high = intensity_range(TiffStackVolume(tmp_path / "v.tif"), (1, 99))
-  np.testing.assert_allclose((low, high), np.percentile(sample, (1, 99)))
-  stats = em_volumes.intensity_stats(TiffStackVolume(tmp_path / "v.tif"), (1, 99))
+  stats = intensity_stats(open_volume(tmp_path / "v.tif"), (1, 99))
+  low, high = np.percentile(sample, (1, 99))
   scaled = np.clip((sample - low) / (high - low), 0, 1)
   np.testing.assert_allclose(stats, (low, high, scaled.mean(), scaled.std()), rtol=1e-6)
 
@@ -153,8 +150,8 @@ def test_real_tomogram(shared_data):
   assert volume.shape == (101, 135, 135) and volume.dtype == np.float32
   full = tifffile.imread(path)
   np.testing.assert_array_equal(volume[40:46, 10:106, 20:116], full[40:46, 10:106, 20:116])
-  low, high = intensity_range(volume)
-  assert full.min() < low < high < full.max()
+  stats = intensity_stats(volume)
+  assert full.min() < stats.low < stats.high < full.max()
 
 
 # ---------------------------------------------------------------- bad inputs
@@ -166,50 +163,52 @@ def test_missing_and_unreadable_files(tmp_path):
   with pytest.raises(DataError, match="slice folder not found|file not found"):
     open_volume(tmp_path / "nodir")
   (tmp_path / "bad.tif").write_text("not a tiff")
-  with pytest.raises(DataError, match="bad.tif: cannot read as TIFF"):
+  with pytest.raises(DataError, match="bad.tif: not a readable TIFF file"):
     open_volume(tmp_path / "bad.tif")
   (tmp_path / "bad.h5").write_text("not hdf5")
-  with pytest.raises(DataError, match="bad.h5: cannot read as HDF5"):
+  with pytest.raises(DataError, match="bad.h5: not a readable HDF5 file"):
     open_volume(tmp_path / "bad.h5")
   (tmp_path / "v.npy").write_bytes(b"")
-  with pytest.raises(DataError, match="unsupported volume format"):
+  with pytest.raises(DataError, match=r"v\.npy: unknown stack format '\.npy'"):
     open_volume(tmp_path / "v.npy")
   with pytest.raises(DataError, match="file not found"):
     open_snemi3d(tmp_path)
   (tmp_path / "im").mkdir()
   (tmp_path / "im" / "im0000.png").write_bytes(b"garbage")
-  with pytest.raises(DataError, match="im0000.png: cannot read image"):
+  with pytest.raises(DataError, match="im0000.png: not a readable image file"):
     open_mitoem(tmp_path, "train")
 
 
 def test_wrong_dimensionality(tmp_path):
   tifffile.imwrite(tmp_path / "2d.tif", _raw()[0])
-  with pytest.raises(DataError, match="2d.tif: expected a 3-D z-y-x stack"):
+  with pytest.raises(DataError, match=r"2d.tif: expected a 3-D stack \[N, H, W\] of 2-D "
+                     r"grayscale pages, got one page of shape \(20, 30\)"):
     open_volume(tmp_path / "2d.tif")
   tifffile.imwrite(tmp_path / "rgb_page.tif", _raw((10, 12, 3)), photometric="rgb")
-  with pytest.raises(DataError, match="rgb_page.tif: expected a 3-D z-y-x stack"):
+  with pytest.raises(DataError, match=r"rgb_page.tif: expected .* got pages of shape \(10, 12, 3\) \(samples"):
     open_volume(tmp_path / "rgb_page.tif")
   tifffile.imwrite(tmp_path / "rgb.tif", _raw((4, 10, 12, 3)), photometric="rgb")
-  with pytest.raises(DataError, match="rgb.tif: expected a 3-D z-y-x stack"):
+  with pytest.raises(DataError, match=r"rgb.tif: expected .* got pages of shape \(10, 12, 3\) \(samples"):
     open_volume(tmp_path / "rgb.tif")
   with h5py.File(tmp_path / "two.h5", "w") as f:
     f["a"], f["b"] = _raw()[0], _raw()
-  with pytest.raises(DataError, match="two.h5:a: expected a 3-D z-y-x dataset"):
+  with pytest.raises(DataError,
+                     match=r"two.h5:a: expected a 3-D stack \[N, H, W\], got shape \(20, 30\)"):
     open_volume(tmp_path / "two.h5", key="a")
-  with pytest.raises(DataError, match="give a dataset key"):
+  with pytest.raises(DataError, match=r"two.h5: give a dataset key \(found: a, b\)"):
     open_volume(tmp_path / "two.h5")
-  with pytest.raises(DataError, match="no dataset 'c'"):
+  with pytest.raises(DataError, match=r"two.h5: no dataset 'c' \(found: a, b\)"):
     open_volume(tmp_path / "two.h5", key="c")
   (tmp_path / "rgb").mkdir()
   Image.fromarray(_raw((10, 12, 3))).save(tmp_path / "rgb" / "im0000.png")
-  with pytest.raises(DataError, match="im0000.png: expected a 2-D grayscale slice"):
+  with pytest.raises(DataError, match="im0000.png: expected a 2-D grayscale image"):
     open_volume(tmp_path / "rgb")
 
 
 def test_empty_constant_and_mismatched_volumes(tmp_path):
   with h5py.File(tmp_path / "empty.h5", "w") as f:
     f["raw"] = np.zeros((0, 4, 4), np.uint8)
-  with pytest.raises(DataError, match="empty volume"):
+  with pytest.raises(DataError, match=r"empty.h5:raw: empty stack of shape \(0, 4, 4\)"):
     open_volume(tmp_path / "empty.h5")
   tifffile.imwrite(tmp_path / "flat.tif", np.full((5, 8, 8), 7, np.uint8))
   with pytest.raises(DataError, match="flat.tif: constant volume"):
@@ -221,12 +220,10 @@ def test_empty_constant_and_mismatched_volumes(tmp_path):
     open_snemi3d(tmp_path)
   folder = tmp_path / "slices"
   _write_png_slices(folder, _raw((5, 10, 12)))
-  Image.fromarray(_raw((10, 11))).save(folder / "im0001.png")
-  volume = open_volume(folder)  # the shape comes from the first slice; 0, 2, 4 are sampled
-  with pytest.raises(DataError, match="im0001.png: slice shape"):
-    volume[1:3]
-  Image.fromarray(_raw((10, 11))).save(folder / "im0004.png")
-  with pytest.raises(DataError, match="im0004.png: slice shape"):
+  volume = open_volume(folder)
+  Image.fromarray(_raw((10, 11))).save(folder / "im0001.png")  # headers are checked on opening
+  with pytest.raises(DataError, match=r"im0001.png: image is \(10, 11\), but the first slice "
+                     r"im0000.png is \(10, 12\)"):
     open_volume(folder)
   with pytest.raises(IndexError, match="out of range"):
     volume[9]

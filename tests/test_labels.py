@@ -233,7 +233,7 @@ def test_neurofinder_bad_regions(tmp_path, content, problem):
 def test_neurofinder_bad_json_and_missing_folder(tmp_path):
   with pytest.raises(DataError, match=r"regions\.json: not valid JSON"):
     load_masks(write(tmp_path / "regions.json", "[{"), (4, 5))
-  with pytest.raises(DataError, match=r"images: folder not found"):
+  with pytest.raises(DataError, match=r"nothing/images: file not found"):
     read_neurofinder(tmp_path / "nothing")
 
 

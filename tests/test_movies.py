@@ -6,8 +6,8 @@ import pytest
 import tifffile
 
 from neuroseg_jax.errors import DataError
-from neuroseg_jax.data.movies import (ArrayMovie, FrameFolderMovie, HDF5Movie, TiffPagesMovie,
-                                      open_movie)
+from neuroseg_jax.data.movies import StackMovie, open_movie
+from neuroseg_jax.data.stacks import Hdf5Stack, SliceFolderStack, TiffStack
 
 
 @pytest.fixture
@@ -26,7 +26,7 @@ def write_folder(folder, frames, names=None):
 def test_contiguous_tiff_is_memory_mapped(tmp_path, frames):
   tifffile.imwrite(tmp_path / "m.tif", frames)
   movie = open_movie(tmp_path / "m.tif")
-  assert isinstance(movie, ArrayMovie) and isinstance(movie._array, np.memmap)
+  assert isinstance(movie, StackMovie) and isinstance(movie.stack._array, np.memmap)
   assert movie.shape == (7, 5, 6) and movie.dtype == np.uint16
   chunk = movie[2:5]
   assert chunk.dtype == np.float32
@@ -37,7 +37,7 @@ def test_contiguous_tiff_is_memory_mapped(tmp_path, frames):
 def test_compressed_tiff_is_read_page_by_page(tmp_path, frames):
   tifffile.imwrite(tmp_path / "m.tiff", frames, compression="zlib")
   with open_movie(tmp_path / "m.tiff") as movie:
-    assert isinstance(movie, TiffPagesMovie)
+    assert isinstance(movie.stack, TiffStack) and movie.stack._array is None
     np.testing.assert_array_equal(movie[3:7], frames[3:7])
     np.testing.assert_array_equal(np.asarray(movie), frames)
 
@@ -46,9 +46,9 @@ def test_frame_folder_in_natural_order(tmp_path, frames):
   names = [f"img{t}.tif" for t in range(len(frames))]  # img10 would sort before img2 as text.
   folder = write_folder(tmp_path / "frames", frames, names)
   movie = open_movie(folder)
-  assert isinstance(movie, FrameFolderMovie) and movie.shape == (7, 5, 6)
+  assert isinstance(movie.stack, SliceFolderStack) and movie.shape == (7, 5, 6)
   np.testing.assert_array_equal(movie[1:4], frames[1:4])
-  assert [p.name for p in movie.files][:3] == ["img0.tif", "img1.tif", "img2.tif"]
+  assert [p.name for p in movie.stack.files][:3] == ["img0.tif", "img1.tif", "img2.tif"]
 
 
 def test_natural_order_beyond_nine(tmp_path):
@@ -62,9 +62,9 @@ def test_hdf5_movie(tmp_path, frames):
     f["mov"] = frames.astype(np.float32)
     f["other"] = frames[:2]
   with open_movie(tmp_path / "m.h5") as movie:
-    assert isinstance(movie, HDF5Movie) and movie.dtype == np.float32
+    assert isinstance(movie.stack, Hdf5Stack) and movie.dtype == np.float32
     np.testing.assert_array_equal(movie[0:3], frames[:3])
-  with open_movie(tmp_path / "m.h5", dataset="other") as movie:
+  with open_movie(tmp_path / "m.h5", key="other") as movie:
     assert movie.shape == (2, 5, 6)
 
 
@@ -87,21 +87,21 @@ def test_missing_path(tmp_path, name):
 
 def test_unknown_suffix(tmp_path):
   (tmp_path / "m.avi").write_bytes(b"x")
-  with pytest.raises(DataError, match=r"m\.avi: unknown movie format '\.avi'"):
+  with pytest.raises(DataError, match=r"m\.avi: unknown stack format '\.avi'"):
     open_movie(tmp_path / "m.avi")
 
 
 def test_two_dimensional_tiff(tmp_path):
   tifffile.imwrite(tmp_path / "one.tif", np.zeros((5, 6), np.uint16))
-  with pytest.raises(DataError,
-                     match=r"one\.tif: expected a 3-D stack \[T, H, W\], got shape \(5, 6\)"):
+  with pytest.raises(DataError, match=r"one\.tif: expected a 3-D stack \[N, H, W\] of 2-D "
+                     r"grayscale pages, got one page of shape \(5, 6\)"):
     open_movie(tmp_path / "one.tif")
 
 
 def test_four_dimensional_hdf5(tmp_path):
   with h5py.File(tmp_path / "m.h5", "w") as f:
     f["mov"] = np.zeros((2, 3, 4, 5), np.float32)
-  with pytest.raises(DataError, match=r"m\.h5: expected a 3-D stack .* \(2, 3, 4, 5\)"):
+  with pytest.raises(DataError, match=r"m\.h5:mov: expected a 3-D stack .* \(2, 3, 4, 5\)"):
     open_movie(tmp_path / "m.h5")
 
 
@@ -121,13 +121,13 @@ def test_hdf5_without_dataset(tmp_path):
 def test_empty_hdf5_movie(tmp_path):
   with h5py.File(tmp_path / "m.h5", "w") as f:
     f["mov"] = np.zeros((0, 3, 4), np.float32)
-  with pytest.raises(DataError, match=r"m\.h5: empty movie of shape \(0, 3, 4\)"):
+  with pytest.raises(DataError, match=r"m\.h5:mov: empty stack of shape \(0, 3, 4\)"):
     open_movie(tmp_path / "m.h5")
 
 
 def test_empty_folder(tmp_path):
   (tmp_path / "frames").mkdir()
-  with pytest.raises(DataError, match="frames: no .tif/.tiff frames"):
+  with pytest.raises(DataError, match="frames: no image files"):
     open_movie(tmp_path / "frames")
 
 
@@ -146,7 +146,7 @@ def test_inf_in_hdf5(tmp_path, frames):
   movie[6, 0, 0] = np.inf
   with h5py.File(tmp_path / "m.h5", "w") as f:
     f["mov"] = movie
-  with pytest.raises(DataError, match=r"m\.h5: non-finite values .* frame 6"):
+  with pytest.raises(DataError, match=r"m\.h5:mov: non-finite values .* frame 6"):
     open_movie(tmp_path / "m.h5")[:]
 
 
@@ -156,21 +156,20 @@ def test_unsupported_dtype(tmp_path):
     open_movie(tmp_path / "c.tif")
   with h5py.File(tmp_path / "b.h5", "w") as f:
     f["mov"] = np.zeros((3, 4, 5), bool)
-  with pytest.raises(DataError, match=r"b\.h5: unsupported pixel dtype bool"):
+  with pytest.raises(DataError, match=r"b\.h5:mov: unsupported pixel dtype bool"):
     open_movie(tmp_path / "b.h5")
 
 
 def test_frame_folder_with_mismatched_frame(tmp_path, frames):
   folder = write_folder(tmp_path / "f", frames)
   tifffile.imwrite(folder / "frame_3.tif", np.zeros((4, 6), np.uint16))
-  movie = open_movie(folder)
-  np.testing.assert_array_equal(movie[0:3], frames[0:3])
-  with pytest.raises(DataError, match=r"frame_3\.tif: frame is \(4, 6\) uint16, but the first"):
-    movie[2:5]
+  with pytest.raises(DataError, match=r"frame_3\.tif: image is \(4, 6\), but the first slice "
+                     r"frame_0\.tif is \(5, 6\)"):
+    open_movie(folder)
 
 
 def test_frame_folder_with_stack_as_frame(tmp_path, frames):
   folder = write_folder(tmp_path / "f", frames[:2])
   tifffile.imwrite(folder / "frame_0.tif", frames[:3])
-  with pytest.raises(DataError, match=r"frame_0\.tif: expected one 2-D frame"):
+  with pytest.raises(DataError, match=r"frame_0\.tif: expected a 2-D grayscale image"):
     open_movie(folder)

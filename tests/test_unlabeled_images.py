@@ -39,7 +39,7 @@ def test_image_folder_source_reads_images_subfolder_and_ignores_labels(tmp_path)
 
 
 def test_simulator_source_and_combinations(tmp_path):
-  tifffile.imwrite(tmp_path / "a.tif", np.ones((10, 4, 4), np.float32))
+  tifffile.imwrite(tmp_path / "a.tif", np.ones((10, 4, 4), np.float32), photometric="minisblack")
   spec = f"simulator:2+movie:{tmp_path / 'a.tif'}"
   images = unlabeled_images.load_unlabeled_images(spec, _options())
   assert [image.shape for image in images] == [(32, 32)] * 4 + [(4, 4)]  # 2 movies x 2 windows
@@ -58,7 +58,7 @@ def test_bad_sources_fail_clearly(tmp_path):
   (tmp_path / "empty").mkdir()
   with pytest.raises(DataError, match="no images"):
     unlabeled_images.load_unlabeled_images(f"images:{tmp_path / 'empty'}", _options())
-  tifffile.imwrite(tmp_path / "short.tif", np.ones((5, 4, 4), np.float32))
+  tifffile.imwrite(tmp_path / "short.tif", np.ones((5, 4, 4), np.float32), photometric="minisblack")
   with pytest.raises(DataError, match="fewer than one window"):
     unlabeled_images.load_unlabeled_images(f"movie:{tmp_path / 'short.tif'}", _options())
 

@@ -1,13 +1,16 @@
 """Random crops: placement, label alignment under flips/rotations/transposes, intensity jitter."""
 
+import jax
+import jax.numpy as jnp
 import numpy as np
 import pytest
 import tifffile
 
-from neuroseg_jax.data.em_volumes import TiffStackVolume
+from neuroseg_jax.data.em_volumes import open_volume
+from neuroseg_jax.data.intensity import IntensityStats, standardize
 from neuroseg_jax.errors import DataError
 from neuroseg_jax.data.volume_crops import (CropAugmentation, crop_origin, jitter_intensity,
-                                            random_crop, scale_intensity)
+                                            random_crop)
 
 VOLUME = np.random.default_rng(0).uniform(size=(10, 24, 30)).astype(np.float32)
 GEOMETRY = CropAugmentation(flips=True, rot90=True)
@@ -80,9 +83,16 @@ def test_2d_crops_come_from_one_slice():
   assert rotated.raw.shape == (8, 8)
 
 
-def test_intensity_scaling_and_jitter():
+def test_standardize_and_jitter():
   raw = np.array([[-1.0, 0.0, 1.0, 3.0]], np.float32)
-  np.testing.assert_allclose(scale_intensity(raw, 0.0, 2.0), [[0.0, 0.0, 0.5, 1.0]])
+  stats = IntensityStats(low=0.0, high=2.0, mean=0.25, std=0.5)  # [0, 0, .5, 1] -> centred
+  expected = [[-0.5, -0.5, 0.5, 1.5]]
+  np.testing.assert_allclose(standardize(raw, stats), expected)
+  assert standardize(raw.astype(np.uint8), stats).dtype == np.float32
+  np.testing.assert_allclose(jax.jit(standardize, static_argnums=1)(jnp.asarray(raw), stats),
+                             expected)
+  np.testing.assert_allclose(standardize(raw, stats, jitter=lambda unit: 1 - unit),
+                             [[1.5, 1.5, 0.5, -0.5]])  # jitter acts on the [0, 1] stage
   aug = CropAugmentation(contrast=(0.5, 1.5), brightness=(-0.1, 0.1), gamma=(0.5, 2.0))
   x = np.random.default_rng(0).uniform(size=(4, 5, 6)).astype(np.float32)
   draws = np.random.default_rng(9)
@@ -91,17 +101,18 @@ def test_intensity_scaling_and_jitter():
   np.testing.assert_allclose(jitter_intensity(x, np.random.default_rng(9), aug), expected,
                              rtol=1e-5)
   crop = random_crop(VOLUME * 4 - 1, (4, 8, 8), np.random.default_rng(1), augmentation=aug,
-                     intensity_range=(-1.0, 3.0))
+                     intensity=IntensityStats(-1.0, 3.0, 0.0, 1.0))
   assert 0 <= crop.raw.min() and crop.raw.max() <= 1 and crop.raw.dtype == np.float32
   plain = random_crop(VOLUME * 4 - 1, (4, 8, 8), np.random.default_rng(1),
-                      intensity_range=(-1.0, 3.0))
+                      intensity=IntensityStats(-1.0, 3.0, 0.5, 0.25))
   origin = crop_origin(VOLUME.shape, (4, 8, 8), np.random.default_rng(1))
-  np.testing.assert_allclose(plain.raw, _window(VOLUME, origin, (4, 8, 8)), atol=1e-6)
+  np.testing.assert_allclose(plain.raw, (_window(VOLUME, origin, (4, 8, 8)) - 0.5) / 0.25,
+                             atol=1e-5)
 
 
 def test_lazy_volume_source(tmp_path):
   tifffile.imwrite(tmp_path / "v.tif", VOLUME, compression="zlib")
-  volume = TiffStackVolume(tmp_path / "v.tif")
+  volume = open_volume(tmp_path / "v.tif")
   crop = random_crop(volume, (4, 8, 9), np.random.default_rng(4))
   in_memory = random_crop(VOLUME, (4, 8, 9), np.random.default_rng(4))
   np.testing.assert_array_equal(crop.raw, in_memory.raw)

@@ -1,11 +1,12 @@
-"""Lazy readers for serial-EM volumes [D, H, W] (z-y-x): TIFF stacks, PNG/TIFF slice folders, HDF5.
+"""Serial-EM volumes [D, H, W] (z-y-x) read lazily, and the SNEMI3D / MitoEM layouts.
 
 A volume object knows its `shape` and `dtype` and reads only what an index asks
 for: `volume[z0:z1, y0:y1, x0:x1]` -> np.ndarray [z1-z0, y1-y0, x1-x0] (integer
-indices drop their axis, like NumPy). Uncompressed TIFF stacks are memory-mapped;
-compressed ones are read page by page (only pages z0..z1-1); slice folders decode
-one file per z; HDF5 datasets are sliced by h5py. A 1000 x 4096 x 4096 volume is
-therefore never held in memory, only the slices a crop touches.
+indices drop their axis, like NumPy). Files are read by the shared stack readers
+(data/stacks.py: TIFF stacks memory-mapped or page by page, slice folders one file
+per z, HDF5 sliced by h5py), so a 1000 x 4096 x 4096 volume is never held in
+memory, only the slices a crop touches. Views (a z-range, binning, a low-pass
+filter) are volumes too and read lazily from the volume they wrap.
 
 Layouts:
   SNEMI3D  root/train-input.tif, root/train-labels.tif (multipage TIFF, z-y-x).
@@ -16,20 +17,16 @@ Layouts:
 from __future__ import annotations
 
 import abc
-import re
 from pathlib import Path
 from typing import NamedTuple, Sequence
 
-import h5py
 import numpy as np
-import tifffile
-from PIL import Image
 from scipy import ndimage
 
+from neuroseg_jax.data import stacks
+from neuroseg_jax.data.intensity import sample_slices
 from neuroseg_jax.errors import DataError
 
-TIFF_SUFFIXES = (".tif", ".tiff")
-HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
 MITOEM_LABEL_DIRS = {"train": "mito-train-v2", "val": "mito-val-v2"}
 MITOEM_SLICES = {"train": range(0, 400), "val": range(400, 500), "test": range(500, 1000)}
 
@@ -71,174 +68,24 @@ class LazyVolume(abc.ABC):
   def __repr__(self) -> str:
     return f"{type(self).__name__}({self.name!r}, shape={self.shape}, dtype={self.dtype})"
 
-  def _check(self, check_constant: bool):
-    """DataError for an empty volume or (if asked) a constant one, judged on `sample_slices`."""
-    if min(self.shape) == 0:
-      raise DataError(self.name, f"empty volume of shape {self.shape}")
+
+class StackVolume(LazyVolume):
+  """A `stacks.Stack` [D, H, W] (TIFF stack, slice folder, HDF5 dataset) as a volume.
+
+  With `check_constant`, a volume whose `sample_slices` hold one value is a
+  DataError (an image volume that says nothing; labels may legitimately be empty).
+  """
+
+  def __init__(self, stack: stacks.Stack, check_constant: bool = True):
+    self.stack = stack
+    self.name, self.shape, self.dtype = stack.source, stack.shape, stack.dtype
     if check_constant:
       sample = sample_slices(self)
       if sample.min() == sample.max():
         raise DataError(self.name, f"constant volume: sampled slices all equal {sample.flat[0]}")
 
-
-def sample_slices(volume, num_slices: int = 3) -> np.ndarray:
-  """Up to `num_slices` evenly spaced full z-slices (first, middle, last) -> [k, H, W]."""
-  zs = np.unique(np.linspace(0, volume.shape[0] - 1, num_slices).round().astype(int))
-  return np.stack([volume[int(z)] for z in zs])
-
-
-def intensity_range(volume, percentiles: tuple[float, float] = (0.5, 99.5)) -> tuple[float, float]:
-  """(low, high) intensity percentiles of `sample_slices(volume)`, for scaling crops to [0, 1]."""
-  low, high = np.percentile(sample_slices(volume), percentiles)
-  return float(low), float(high)
-
-
-class IntensityStats(NamedTuple):
-  low: float   # percentile intensities mapped to 0 and 1 ...
-  high: float
-  mean: float  # ... and the mean and standard deviation of the mapped, clipped sample.
-  std: float
-
-
-def intensity_stats(volume, percentiles: tuple[float, float] = (0.5, 99.5)) -> IntensityStats:
-  """`intensity_range` plus the mean / std of the sample scaled by it and clipped to [0, 1].
-
-  Inputs standardised as ((clip((x - low) / (high - low), 0, 1)) - mean) / std have
-  about zero mean and unit variance (MAE pre-training feeds its ViT that way).
-  """
-  low, high = intensity_range(volume, percentiles)
-  scaled = np.clip((sample_slices(volume).astype(np.float64) - low) / max(high - low, 1e-12), 0, 1)
-  return IntensityStats(low, high, float(scaled.mean()), max(float(scaled.std()), 1e-6))
-
-
-def _require_file(path: Path):
-  if not path.exists():
-    raise DataError(path, "file not found")
-
-
-class TiffStackVolume(LazyVolume):
-  """Multipage TIFF z-stack: one 2-D page per z (SNEMI3D layout, generic stacks)."""
-
-  def __init__(self, path, check_constant: bool = True):
-    self.path = Path(path)
-    self.name = str(self.path)
-    _require_file(self.path)
-    try:
-      with tifffile.TiffFile(self.path) as tif:
-        series = tif.series
-        num_pages = len(tif.pages)
-        if len(series) == 1 and len(series[0].shape) == 3 and series[0].axes.endswith("YX"):
-          self.shape, self.dtype = tuple(series[0].shape), np.dtype(series[0].dtype)
-          self._memmappable = series[0].dataoffset is not None
-        elif len(series) > 1 and all(s.shape == series[0].shape and len(s.shape) == 2
-                                     for s in series):
-          self.shape = (len(series), *series[0].shape)
-          self.dtype, self._memmappable = np.dtype(series[0].dtype), False
-        else:
-          shapes = [tuple(s.shape) for s in series[:4]]
-          raise DataError(self.path, f"expected a 3-D z-y-x stack of 2-D grayscale pages, "
-                          f"got image series of shape(s) {shapes}")
-    except DataError:
-      raise
-    except Exception as err:  # tifffile raises many types for non-TIFF / corrupt files.
-      raise DataError(self.path, f"cannot read as TIFF ({err})") from err
-    if not self._memmappable and num_pages != self.shape[0]:
-      raise DataError(self.path, f"{num_pages} page(s) for {self.shape[0]} z-slices (compressed "
-                      "planar samples?); cannot read lazily: store one page per z-slice")
-    self._check(check_constant)
-
   def _read(self, zs, ys, xs):
-    if self._memmappable:
-      return np.array(tifffile.memmap(self.path, mode="r")[zs, ys, xs])
-    with tifffile.TiffFile(self.path) as tif:
-      slices = [tif.pages[z].asarray()[ys, xs] for z in range(zs.start, zs.stop)]
-    return np.stack(slices) if slices else np.zeros((0, *_extent(ys, xs)), self.dtype)
-
-
-def _extent(ys: slice, xs: slice) -> tuple[int, int]:
-  return ys.stop - ys.start, xs.stop - xs.start
-
-
-def read_slice_file(path: Path) -> np.ndarray:
-  """One 2-D slice of a PNG or TIFF file -> [H, W]; DataError if missing, unreadable, not 2-D."""
-  _require_file(path)
-  try:
-    if path.suffix.lower() in TIFF_SUFFIXES:
-      image = tifffile.imread(path)
-    else:
-      with Image.open(path) as handle:
-        image = np.asarray(handle)
-  except Exception as err:  # PIL / tifffile raise many types for corrupt files.
-    raise DataError(path, f"cannot read image ({err})") from err
-  if image.ndim != 2:
-    raise DataError(path, f"expected a 2-D grayscale slice, got shape {image.shape}")
-  return image
-
-
-class SliceFolderVolume(LazyVolume):
-  """One 2-D PNG/TIFF file per z (MitoEM layout); `files` in z order."""
-
-  def __init__(self, files: Sequence, name: str, check_constant: bool = True):
-    self.files = [Path(f) for f in files]
-    self.name = name
-    if not self.files:
-      raise DataError(name, "no slice files")
-    first = read_slice_file(self.files[0])
-    self.shape, self.dtype = (len(self.files), *first.shape), first.dtype
-    self._check(check_constant)
-
-  @classmethod
-  def from_folder(cls, folder, pattern: str = "*", check_constant: bool = True):
-    """All PNG/TIFF files in `folder` matching `pattern`, in natural (numeric) order."""
-    folder = Path(folder)
-    if not folder.is_dir():
-      raise DataError(folder, "slice folder not found")
-    files = [f for f in folder.glob(pattern) if f.suffix.lower() in (".png", *TIFF_SUFFIXES)]
-    files.sort(key=lambda f: [int(t) if t.isdigit() else t for t in re.split(r"(\d+)", f.name)])
-    if not files:
-      raise DataError(folder, f"no PNG/TIFF slices matching {pattern!r}")
-    return cls(files, str(folder), check_constant)
-
-  def _read(self, zs, ys, xs):
-    slices = []
-    for path in self.files[zs]:
-      image = read_slice_file(path)
-      if image.shape != self.shape[1:]:
-        raise DataError(path, f"slice shape {image.shape} differs from {self.shape[1:]} "
-                        "of the first slice")
-      slices.append(image[ys, xs])
-    return np.stack(slices) if slices else np.zeros((0, *_extent(ys, xs)), self.dtype)
-
-
-class Hdf5Volume(LazyVolume):
-  """A 3-D dataset in an HDF5 file; `key` may be omitted when the file holds one dataset."""
-
-  def __init__(self, path, key: str | None = None, check_constant: bool = True):
-    self.path = Path(path)
-    _require_file(self.path)
-    try:
-      with h5py.File(self.path, "r") as handle:
-        datasets = []
-        handle.visititems(
-            lambda n, obj: datasets.append(n) if isinstance(obj, h5py.Dataset) else None)
-        if key is None and len(datasets) != 1:
-          raise DataError(self.path, f"give a dataset key; the file holds {datasets}")
-        self.key = datasets[0] if key is None else key
-        if self.key not in datasets:
-          raise DataError(self.path, f"no dataset {self.key!r}; the file holds {datasets}")
-        self.shape, self.dtype = tuple(handle[self.key].shape), np.dtype(handle[self.key].dtype)
-    except DataError:
-      raise
-    except Exception as err:  # h5py raises OSError and others for non-HDF5 files.
-      raise DataError(self.path, f"cannot read as HDF5 ({err})") from err
-    self.name = f"{self.path}:{self.key}"
-    if len(self.shape) != 3:
-      raise DataError(self.name, f"expected a 3-D z-y-x dataset, got shape {self.shape}")
-    self._check(check_constant)
-
-  def _read(self, zs, ys, xs):
-    with h5py.File(self.path, "r") as handle:
-      return handle[self.key][zs, ys, xs]
+    return self.stack.read(zs.start, zs.stop, ys, xs)
 
 
 class AxisRange(LazyVolume):
@@ -325,19 +172,14 @@ class GaussianFilteredVolume(LazyVolume):
     return filtered[inner]
 
 
-def open_volume(path, key: str | None = None, check_constant: bool = True) -> LazyVolume:
-  """A lazy volume from a TIFF stack, an HDF5 file (+ dataset key) or a folder of slices."""
-  path = Path(path)
-  if path.is_dir():
-    return SliceFolderVolume.from_folder(path, check_constant=check_constant)
-  suffix = path.suffix.lower()
-  if suffix in TIFF_SUFFIXES:
-    return TiffStackVolume(path, check_constant)
-  if suffix in HDF5_SUFFIXES:
-    return Hdf5Volume(path, key, check_constant)
-  _require_file(path)
-  raise DataError(path,
-                  f"unsupported volume format {suffix!r}; expected TIFF, HDF5 or a slice folder")
+def open_volume(path, key: str | None = None, check_constant: bool = True,
+                **reader_args) -> StackVolume:
+  """A lazy volume from a TIFF stack, an HDF5 file (+ dataset `key`, optional when it
+  holds one dataset) or a folder of numbered slices; `reader_args` go to the reader
+  (`allow_truncated` for TIFF)."""
+  if key:
+    reader_args["key"] = key
+  return StackVolume(stacks.open_stack(path, **reader_args), check_constant)
 
 
 class LabeledVolume(NamedTuple):
@@ -345,7 +187,8 @@ class LabeledVolume(NamedTuple):
   labels: LazyVolume | None       # [D, H, W] instance labels aligned with raw, or None.
 
 
-def _check_aligned(raw: LazyVolume, labels: LazyVolume):
+def check_aligned(raw: LazyVolume, labels: LazyVolume) -> None:
+  """DataError naming the labels unless they have the raw volume's shape."""
   if raw.shape != labels.shape:
     raise DataError(labels.name, f"label shape {labels.shape} differs from raw shape {raw.shape}")
 
@@ -353,24 +196,13 @@ def _check_aligned(raw: LazyVolume, labels: LazyVolume):
 def open_snemi3d(root, split: str = "train") -> LabeledVolume:
   """root/{split}-input.tif and, when present, root/{split}-labels.tif (z-y-x multipage TIFFs)."""
   root = Path(root)
-  raw = TiffStackVolume(root / f"{split}-input.tif")
+  raw = open_volume(root / f"{split}-input.tif")
   label_path = root / f"{split}-labels.tif"
   if not label_path.exists():
     return LabeledVolume(raw, None)
-  labels = TiffStackVolume(label_path, check_constant=False)
-  _check_aligned(raw, labels)
+  labels = open_volume(label_path, check_constant=False)
+  check_aligned(raw, labels)
   return LabeledVolume(raw, labels)
-
-
-def _numbered_files(folder: Path, prefix: str, suffixes: Sequence[str]) -> dict[int, Path]:
-  """{index: path} for files named <prefix><digits><suffix> in folder."""
-  if not folder.is_dir():
-    raise DataError(folder, "folder not found")
-  pattern = re.compile(rf"{re.escape(prefix)}(\d+)({'|'.join(map(re.escape, suffixes))})$", re.I)
-  found = {int(m.group(1)): f for f in folder.iterdir() if (m := pattern.match(f.name))}
-  if not found:
-    raise DataError(folder, f"no files named {prefix}<number>{suffixes[0]}")
-  return found
 
 
 def open_mitoem(root, split: str = "train", labels_path=None, labels_key: str | None = None
@@ -385,22 +217,22 @@ def open_mitoem(root, split: str = "train", labels_path=None, labels_key: str | 
   if split not in MITOEM_SLICES:
     raise DataError(root, f"unknown MitoEM split {split!r}; expected one of {list(MITOEM_SLICES)}")
   root = Path(root)
-  images = _numbered_files(root / "im", "im", (".png",))
+  images = stacks.numbered_files(root / "im", "im*.png")
   label_dir = root / MITOEM_LABEL_DIRS[split] if split in MITOEM_LABEL_DIRS else None
   if labels_path is not None:
     labels = open_volume(labels_path, labels_key, check_constant=False)
     indices = [MITOEM_SLICES[split].start + z for z in range(labels.shape[0])]
   elif label_dir is not None and label_dir.is_dir():
-    label_files = _numbered_files(label_dir, "seg", TIFF_SUFFIXES)
+    label_files = stacks.numbered_files(label_dir, "seg*")
     indices = sorted(label_files)
-    labels = SliceFolderVolume([label_files[i] for i in indices], str(label_dir),
-                               check_constant=False)
+    labels = StackVolume(stacks.SliceFolderStack(stacks.consecutive_files(label_files),
+                                                 str(label_dir)), check_constant=False)
   else:
     indices, labels = [i for i in MITOEM_SLICES[split] if i in images], None
   missing = [i for i in indices if i not in images]
   if missing or not indices:
     raise DataError(root / "im", f"missing raw slices {missing[:5] or 'for split ' + split}")
-  raw = SliceFolderVolume([images[i] for i in indices], str(root / "im"))
+  raw = StackVolume(stacks.SliceFolderStack([images[i] for i in indices], str(root / "im")))
   if labels is not None:
-    _check_aligned(raw, labels)
+    check_aligned(raw, labels)
   return LabeledVolume(raw, labels)

@@ -17,12 +17,12 @@ from typing import Callable
 import h5py
 import numpy as np
 import scipy.io
-import skimage.io
-import tifffile
 from skimage.draw import polygon as fill_polygon
 
 from neuroseg_jax.errors import DataError
-from neuroseg_jax.data.movies import FrameFolderMovie, require_file
+from neuroseg_jax.data.image_files import read_image_file
+from neuroseg_jax.data.movies import open_movie
+from neuroseg_jax.data.stacks import require_file
 from neuroseg_jax.registry import Registry, UnknownNameError
 
 MASK_READERS: Registry[Callable[..., np.ndarray]] = Registry("label format")
@@ -56,9 +56,10 @@ def check_masks(source, masks: np.ndarray, image_hw=None) -> np.ndarray:
 def parse_yolo_segments(path) -> list[tuple[int, np.ndarray]]:
   """Reads a YOLO segment file -> [(class, vertices [K, 2] (x, y) in [0, 1])].
 
-  Raises a DataError naming the file and line for malformed lines (not numbers,
-  odd coordinate count, fewer than 3 vertices) and vertices outside [0, 1], and
-  for a file without any polygon.
+  Raises a DataError naming the file and the line for: a token that is not a
+  finite number, a class that is not a non-negative integer, an odd number of
+  coordinates, fewer than 3 vertices, a vertex outside [0, 1] (beyond rounding);
+  and for a file without any polygon.
   """
   path = require_file(path)
   polygons = []
@@ -67,17 +68,22 @@ def parse_yolo_segments(path) -> list[tuple[int, np.ndarray]]:
     if not fields:
       continue
     try:
-      values = [float(f) for f in fields]
+      values = np.array([float(f) for f in fields])
     except ValueError as e:
       raise DataError(path, f"line {number}: not a list of numbers ({e})") from e
-    coords = np.asarray(values[1:])
-    if values[0] != int(values[0]) or len(coords) % 2 or len(coords) < 6:
+    if not np.isfinite(values).all():
+      raise DataError(path, f"line {number}: not a list of finite numbers "
+                      f"({fields[int(np.argmin(np.isfinite(values)))]!r})")
+    label, coords = values[0], values[1:]
+    if label != int(label) or label < 0:
+      raise DataError(path, f"line {number}: class {fields[0]!r} is not a non-negative integer")
+    if len(coords) % 2 or len(coords) < 6:
       raise DataError(path, f"line {number}: expected 'class x1 y1 x2 y2 x3 y3 ...' "
-                      f"(integer class, >= 3 vertices), got {len(fields)} fields")
+                      f"(>= 3 vertices, x and y each), got {len(coords)} coordinates")
     if coords.min() < -_COORD_TOLERANCE or coords.max() > 1 + _COORD_TOLERANCE:
       raise DataError(path, f"line {number}: vertex outside the image (normalised coordinates "
                       f"must lie in [0, 1], got {coords.min():.4g}..{coords.max():.4g})")
-    polygons.append((int(values[0]), np.clip(coords, 0, 1).reshape(-1, 2)))
+    polygons.append((int(label), np.clip(coords, 0, 1).reshape(-1, 2)))
   if not polygons:
     raise DataError(path, "empty label file (no polygons)")
   return polygons
@@ -185,16 +191,6 @@ def masks_to_instance_image(masks: np.ndarray) -> np.ndarray:
   return labels
 
 
-def read_image_file(path: Path) -> np.ndarray:
-  """Raw pixel array of a TIFF (tifffile) or other image file (scikit-image)."""
-  try:
-    if path.suffix.lower() in (".tif", ".tiff"):
-      return tifffile.imread(path)
-    return skimage.io.imread(path)
-  except Exception as e:  # the image libraries raise many types on junk files.
-    raise DataError(path, f"not a readable image file ({e})") from e
-
-
 @MASK_READERS.register(".tif")
 @MASK_READERS.register(".tiff")
 @MASK_READERS.register(".png")
@@ -248,7 +244,7 @@ def read_neurofinder(folder):
   Layout: `images/*.tiff` (one frame per file) and `regions/regions.json`.
   """
   folder = Path(folder)
-  movie = FrameFolderMovie(folder / "images")
+  movie = open_movie(folder / "images")
   masks = read_neurofinder_regions(folder / "regions" / "regions.json", movie.shape[1:])
   return movie, masks
 

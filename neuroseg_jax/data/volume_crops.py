@@ -4,7 +4,8 @@ Every function is a pure function of its inputs and a `np.random.Generator`, so
 a crop is reproducible from (volume, crop_shape, seed). Volumes are anything with
 `shape` (D, H, W) and NumPy-style slicing: np.ndarray or `em_volumes.LazyVolume`.
 The same geometric transform is applied to every label volume passed along;
-intensity jitter only touches the raw crop.
+intensity jitter only touches the raw crop, which is standardised by
+`intensity.standardize` when the volume's statistics are given.
 """
 
 from __future__ import annotations
@@ -14,6 +15,7 @@ from typing import NamedTuple, Sequence
 
 import numpy as np
 
+from neuroseg_jax.data.intensity import IntensityStats, standardize
 from neuroseg_jax.errors import DataError
 
 
@@ -45,7 +47,7 @@ class CropAugmentation:
 
 
 class Crop(NamedTuple):
-  raw: np.ndarray                # [*crop_shape] float32.
+  raw: np.ndarray                # [*crop_shape] float32 (standardised if asked).
   labels: tuple[np.ndarray, ...]  # each [*crop_shape], dtype of its volume.
 
 
@@ -89,15 +91,9 @@ def jitter_intensity(raw: np.ndarray, rng: np.random.Generator,
   return np.clip(raw, 0.0, 1.0) ** np.float32(rng.uniform(*aug.gamma))
 
 
-def scale_intensity(raw: np.ndarray, low: float, high: float) -> np.ndarray:
-  """[...] -> float32 (raw - low) / (high - low) clipped to [0, 1]."""
-  scaled = (raw.astype(np.float32) - np.float32(low)) / np.float32(max(high - low, 1e-12))
-  return np.clip(scaled, 0.0, 1.0)
-
-
 def random_crop(volume, crop_shape: Sequence[int], rng: np.random.Generator, labels: Sequence = (),
                 augmentation: CropAugmentation | None = None,
-                intensity_range: tuple[float, float] | None = None) -> Crop:
+                intensity: IntensityStats | None = None) -> Crop:
   """A random crop [d, h, w] (or 2-D [h, w] from one z-slice) of `volume` and aligned labels.
 
   Args:
@@ -106,7 +102,9 @@ def random_crop(volume, crop_shape: Sequence[int], rng: np.random.Generator, lab
     rng: the only source of randomness.
     labels: volumes of the same shape as `volume`, cropped and transformed alike.
     augmentation: None for a plain crop.
-    intensity_range: (low, high) mapped to [0, 1] (clipped); None keeps raw values.
+    intensity: the volume's statistics, to standardise the raw crop with
+      (`intensity.standardize`; intensity jitter then acts on its [0, 1] stage);
+      None keeps raw values (and jitters them as they are).
 
   Returns:
     Crop(raw float32 [*crop_shape], labels tuple of [*crop_shape]).
@@ -126,9 +124,12 @@ def random_crop(volume, crop_shape: Sequence[int], rng: np.random.Generator, lab
     geometry = _random_geometry(rng, block_shape, augmentation)
   raw = _apply_geometry(np.asarray(volume[window]), *geometry).astype(np.float32)
   label_crops = tuple(_apply_geometry(np.asarray(label[window]), *geometry) for label in labels)
-  if intensity_range is not None:
-    raw = scale_intensity(raw, *intensity_range)
+  jitter = None
   if augmentation is not None and augmentation.jitters_intensity:
-    raw = jitter_intensity(raw, rng, augmentation)
+    jitter = lambda unit: jitter_intensity(unit, rng, augmentation)
+  if intensity is not None:
+    raw = standardize(raw, intensity, jitter)
+  elif jitter is not None:
+    raw = jitter(raw)
   out_shape = tuple(crop_shape)
   return Crop(raw.reshape(out_shape), tuple(l.reshape(out_shape) for l in label_crops))
