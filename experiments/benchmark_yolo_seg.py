@@ -3,7 +3,7 @@
 For each model and input size prints: parameters; GFLOPs per image (2 x MACs
 of convolutions and matrix products incl. DFL decoding, the count that equals
 torch.utils.flop_counter on the reference; and XLA's cost analysis, which skips
-padding taps and adds elementwise ops: see neuroseg_jax.models.profiling);
+padding taps and adds elementwise ops: see neuroseg_jax.reference.profiling);
 forward images/s (eval mode, decoded outputs); train-step images/s (forward +
 backward + AdamW update, train-mode BatchNorm and drop-path). The train loss is
 `neuroseg_jax.losses.yolo_seg_loss` on synthetic targets (--instances random
@@ -14,8 +14,8 @@ over --iters calls after --warmup untimed ones, each ended by block_until_ready.
 XLA's FLOPs come from the compiled forward (per image). Parameters are
 initialised once per model with an "rbg" PRNG key (XLA:CPU compiles threefry
 slowly); the train steps donate (and so consume) their copy of the state.
-On CPU the run is dominated by XLA compiles (about 1.5 CPU-minutes per train
-step of each model and size); --cache-dir keeps them for the next run.
+On CPU the run is dominated by XLA compiles of the train steps (RESULTS.md,
+"NeuroSeg-III network"); --cache-dir keeps them for the next run.
 
   python experiments/benchmark_yolo_seg.py --sizes 512 640 --batch 1 --iters 2
 """
@@ -30,8 +30,8 @@ import jax.numpy as jnp
 import numpy as np
 import optax
 
-from neuroseg_jax.models import profiling
 from neuroseg_jax.models.yolo_seg import build_yolo_seg
+from neuroseg_jax.reference import profiling
 
 try:
   from neuroseg_jax.losses.yolo_seg_loss import yolo_seg_loss

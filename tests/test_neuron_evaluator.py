@@ -8,7 +8,7 @@ from neuroseg_jax.errors import DataError
 from neuroseg_jax.data.instance_targets import Letterbox
 from neuroseg_jax.evaluation import figures
 from neuroseg_jax.evaluation import neuron_evaluator as ev
-from yolo_head_fixtures import oracle_predict_fn
+from yolo_head_fixtures import oracle_batch_predict_fn as predict_fn
 
 SIZE = 64
 SIDE = 12
@@ -35,10 +35,6 @@ def make_samples():
       sample("a", [(4, 4, 0.9), (24, 4, 0.9), (44, 4, 0.9)], [(4, 40, 0.28), (40, 40, 0.33)], []),
       sample("b", [(4, 4, 0.8), (24, 24, 0.8), (44, 44, 0.2)], [], [(4, 44)]),
   ]
-
-
-def predict_fn(batch):
-  return oracle_predict_fn(batch["image"])
 
 
 def test_metrics_against_hand_computed_values(tmp_path):

@@ -1,4 +1,4 @@
-"""Tiled inference: exact agreement with untiled inference, one detection per neuron."""
+"""Whole-field segmentation: tiles agree exactly with untiled inference, one hit per neuron."""
 
 import numpy as np
 import pytest
@@ -7,6 +7,7 @@ from neuroseg_jax.errors import DataError
 from neuroseg_jax.evaluation import neuron_matching
 from neuroseg_jax.evaluation import tiled_inference
 from neuroseg_jax.evaluation import yolo_postprocess as post
+from yolo_head_fixtures import oracle_batch_predict_fn as predict_fn
 from yolo_head_fixtures import oracle_predict_fn
 
 SETTINGS = post.PostprocessSettings(min_area=1)
@@ -46,7 +47,7 @@ def test_tile_origins():
 @pytest.mark.parametrize("height,width", [(64, 64), (48, 56)])
 def test_single_tile_reproduces_untiled_inference(height, width):
   image = image_with_squares(height, width, [(4, 8), (28, 24), (36, 40)])
-  found = tiled_inference.tiled_predict(image, oracle_predict_fn, 64, 16, SETTINGS, batch_size=2)
+  found = tiled_inference.segment_field(image, predict_fn, 64, 16, SETTINGS, batch_size=2)
   expected = untiled(image, 64)
   assert len(expected) == 3
   assert_same_instances(found, expected)
@@ -58,7 +59,7 @@ def test_neurons_across_tile_borders_are_found_exactly_once():
   # tiles, across a vertical border, across a corner, at the image edge.
   corners = [(8, 8), (44, 12), (60, 60), (100, 28), (148, 96), (120, 84), (20, 92)]
   image = image_with_squares(112, 160, corners)
-  found = tiled_inference.tiled_predict(image, oracle_predict_fn, 64, 24, SETTINGS, batch_size=5)
+  found = tiled_inference.segment_field(image, predict_fn, 64, 24, SETTINGS, batch_size=5)
   expected = untiled(image, 160)
   assert len(expected) == len(corners)
   assert_same_instances(found, expected)
@@ -74,12 +75,12 @@ def test_without_border_rule_cut_neurons_would_be_duplicated():
                                      [(64, 64)], settings=SETTINGS)[0]
               for x0 in tiled_inference.tile_origins(112, 64, 16)]
   assert [len(p) for p in per_tile] == [1, 1]
-  found = tiled_inference.tiled_predict(image, oracle_predict_fn, 64, 16, SETTINGS)
+  found = tiled_inference.segment_field(image, predict_fn, 64, 16, SETTINGS)
   assert len(found) == 1 and found.masks[0].sum() == 144 - 4  # bilinear rounds 4 corners
 
 
 def test_bad_arguments_raise_data_error():
   with pytest.raises(DataError, match="overlap"):
-    tiled_inference.tiled_predict(np.zeros((64, 64, 1)), oracle_predict_fn, 64, 64)
+    tiled_inference.segment_field(np.zeros((64, 64, 1)), predict_fn, 64, 64)
   with pytest.raises(DataError, match=r"\[H, W, C\]"):
-    tiled_inference.tiled_predict(np.zeros((64, 64)), oracle_predict_fn, 64, 16)
+    tiled_inference.segment_field(np.zeros((64, 64)), predict_fn, 64, 16)

@@ -1,4 +1,4 @@
-"""UNETR decoder on the ViT encoder: shapes, anisotropic upsampling, gradients, weight transfer."""
+"""UNETR decoder on the ViT encoder: shapes, anisotropic upsampling, gradients, MAE transfer."""
 
 import jax
 import jax.numpy as jnp
@@ -8,6 +8,7 @@ import pytest
 from neuroseg_jax.errors import DataError
 from neuroseg_jax.models import unetr, vit
 from neuroseg_jax.models.mae import MAE
+from neuroseg_jax.training import transfer
 
 
 def test_upsampling_plan_follows_the_patch():
@@ -135,7 +136,9 @@ def test_base_parameter_count():
   assert _count(params) - _count(params["encoder"]) == expected
 
 
-def test_load_encoder_params_from_an_mae():
+def test_mae_encoder_transfers_into_unetr():
+  # The MAE's params["encoder"] fills the UNETR encoder exactly through training/transfer.py,
+  # which refuses any missing, mis-shaped or unexpected array.
   x = jnp.zeros((1, 2, 8, 8, 1))
   model = _tiny((1, 4, 4), use_class_token=True)
   params = jax.eval_shape(model.init, jax.random.key(0), x)["params"]
@@ -147,20 +150,26 @@ def test_load_encoder_params_from_an_mae():
   rng = np.random.default_rng(0)
   pretrained = jax.tree_util.tree_map(lambda s: rng.normal(size=s.shape).astype(np.float32),
                                       mae_shapes["params"]["encoder"])
-  loaded, count = unetr.load_encoder_params(params, pretrained, "mae.ckpt")
+
+  def load(encoder):
+    loaded, count = transfer.copy_subtree({"params": params}, {"params": {"encoder": encoder}},
+                                          "params/encoder", "params/encoder", "mae.ckpt")
+    return loaded["params"], count
+
+  loaded, count = load(pretrained)
   assert count == len(jax.tree_util.tree_leaves(pretrained))
   for got, want in zip(jax.tree_util.tree_leaves(loaded["encoder"]),
                        jax.tree_util.tree_leaves(pretrained)):
     np.testing.assert_array_equal(got, want)
   assert loaded["head"] is params["head"]
-  with pytest.raises(DataError, match="mae.ckpt.*missing .*cls_token"):
-    unetr.load_encoder_params(params, {k: v for k, v in pretrained.items() if k != "cls_token"},
-                              "mae.ckpt")
+  with pytest.raises(transfer.TransferError, match=r"(?s)mae\.ckpt.*missing.*cls_token"):
+    load({k: v for k, v in pretrained.items() if k != "cls_token"})
   wrong = dict(pretrained, norm={"scale": np.ones(8), "bias": np.ones(16)})
-  with pytest.raises(DataError, match=r"\['norm'\]\['scale'\] has shape \(8,\)"):
-    unetr.load_encoder_params(params, wrong, "mae.ckpt")
-  with pytest.raises(DataError, match="unexpected"):
-    unetr.load_encoder_params(params, dict(pretrained, extra={"w": np.ones(2)}), "mae.ckpt")
+  with pytest.raises(transfer.TransferError, match=r"\['norm'\]\['scale'\]: model \(16,\) vs "
+                     r"mae\.ckpt \(8,\)"):
+    load(wrong)
+  with pytest.raises(transfer.TransferError, match=r"not in model.*\['extra'\]"):
+    load(dict(pretrained, extra={"w": np.ones(2)}))
 
 
 def test_bfloat16_compute_keeps_float32_params_and_output():

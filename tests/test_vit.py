@@ -1,4 +1,4 @@
-"""ViTEncoder: patch tokens, position embedding, token selection, sizes, jit forward/backward."""
+"""ViTEncoder: patch tokens, position embedding (on / off), token selection, sizes, jit fwd/bwd."""
 
 import jax
 import jax.numpy as jnp
@@ -35,6 +35,9 @@ def test_embed_is_patch_matmul_plus_sincos(patch, shape):
   expected = (np.asarray(patchify(x, patch)) @ kernel + np.asarray(conv["bias"])
               + sincos_position_embedding(grid, 16))
   np.testing.assert_allclose(tokens, expected, rtol=1e-4, atol=1e-4)
+  bare = jax.jit(lambda v: model.apply(v, x, position_embedding=False, method="embed"))(variables)
+  np.testing.assert_allclose(bare, expected - sincos_position_embedding(grid, 16), rtol=1e-4,
+                             atol=1e-4)
 
 
 def test_outputs_block_outputs_and_class_token():

@@ -5,11 +5,10 @@ import functools
 import jax
 import numpy as np
 
-from neuroseg_jax.losses import box_ops
 from neuroseg_jax.losses import yolo_assigner
-from neuroseg_jax.models import yolo_decode
+from neuroseg_jax.models import box_geometry
 
-POINTS, STRIDES = yolo_decode.make_anchors((64, 64))
+POINTS, STRIDES = box_geometry.make_anchors((64, 64))
 PIXEL_POINTS = POINTS * STRIDES
 NUM_ANCHORS = len(POINTS)
 
@@ -71,7 +70,7 @@ def test_metric_uses_ciou_power_beta():
   pred[6] = [0.0, 0.0, 64.0, 48.0]
   out = assign(np.full(NUM_ANCHORS, 0.5), pred, [gt], topk=NUM_ANCHORS)
   # Scores are equal, so targets are (CIoU / best CIoU)^6 * best CIoU with best CIoU = 1.
-  ciou = np.asarray(box_ops.complete_iou(pred[[5, 6]], gt))
+  ciou = np.asarray(box_geometry.complete_iou(pred[[5, 6]], gt))
   np.testing.assert_allclose(out.target_scores[[5, 6], 0], ciou**6, rtol=1e-4)
   assert out.target_scores[5, 0] < out.target_scores[6, 0] < out.target_scores[7, 0]
 
@@ -108,7 +107,7 @@ def test_normalization_eps_matters_for_tiny_overlaps():
   # CIoU ~ .034, metric a = .5^.5 * CIoU^6 ~ 1e-9, comparable to the default eps.
   gt = np.asarray([24.0, 24.0, 36.0, 36.0])
   pred = np.tile([0.0, 0.0, 64.0, 64.0], (NUM_ANCHORS, 1))
-  ciou = float(box_ops.complete_iou(pred[0], gt))
+  ciou = float(box_geometry.complete_iou(pred[0], gt))
   metric = 0.5**0.5 * ciou**6
   default = assign(np.full(NUM_ANCHORS, 0.5), pred, [gt])
   assert np.flatnonzero(default.foreground).tolist() == [p3_index(3, 3)]

@@ -1,4 +1,4 @@
-"""Parameter and FLOP counting (neuroseg_jax.models.profiling)."""
+"""Parameter and FLOP counting (neuroseg_jax.reference.profiling)."""
 
 from __future__ import annotations
 
@@ -9,8 +9,8 @@ import jax
 import jax.numpy as jnp
 import pytest
 
-from neuroseg_jax.models import profiling
 from neuroseg_jax.models.yolo_seg import YOLOSeg
+from neuroseg_jax.reference import profiling
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "neuroseg3"
 # The count is the same code for every configuration (parameter counts of all five:

@@ -9,13 +9,12 @@ import pytest
 from scipy import special
 
 from neuroseg_jax.errors import DataError
-from neuroseg_jax.losses import box_ops
 from neuroseg_jax.losses import yolo_seg_loss as seg_loss
-from neuroseg_jax.models import yolo_decode
+from neuroseg_jax.models import box_geometry
 from yolo_head_fixtures import dfl_logits_for
 
 SIZE = 64
-POINTS, STRIDES = yolo_decode.make_anchors((SIZE, SIZE))
+POINTS, STRIDES = box_geometry.make_anchors((SIZE, SIZE))
 NUM_ANCHORS = len(POINTS)
 GT_BOX = np.asarray([8.0, 24.0, 40.0, 40.0])  # 8 stride-8 anchor centres inside, all .5 cells away
 CANDIDATES = [r * 8 + c for r in (3, 4) for c in (1, 2, 3, 4)]
@@ -122,9 +121,9 @@ def test_gradient_steps_on_the_outputs_reduce_the_loss_and_align_the_boxes():
   batch = make_batch()
 
   def candidate_ciou(outs):
-    ltrb = yolo_decode.dfl_expectation(outs["box_logits"][0, CANDIDATES])
-    boxes = yolo_decode.distances_to_xyxy(ltrb, POINTS[CANDIDATES]) * 8
-    return np.asarray(box_ops.complete_iou(boxes, GT_BOX))
+    ltrb = box_geometry.dfl_expectation(outs["box_logits"][0, CANDIDATES])
+    boxes = box_geometry.distances_to_xyxy(ltrb, POINTS[CANDIDATES]) * 8
+    return np.asarray(box_geometry.complete_iou(boxes, GT_BOX))
 
   losses, initial_ciou = [], candidate_ciou(outputs)
   for _ in range(30):

@@ -17,15 +17,17 @@ import pytest
 from flax import traverse_util
 
 from neuroseg_jax.errors import DataError
+from neuroseg_jax.models import box_geometry
 from neuroseg_jax.models import yolo_decode
 from neuroseg_jax.models.ema_attention import EMA
 from neuroseg_jax.models.necks import Fusion
-from neuroseg_jax.models.profiling import count_params
 from neuroseg_jax.models.segment_head import Proto
-from neuroseg_jax.models.torch_convert import (convert_state_dict, load_reference_variables,
-                                               load_state_dict, torch_layer_table)
 from neuroseg_jax.models.yolo_blocks import SPPF, Bottleneck, C2f
 from neuroseg_jax.models.yolo_seg import PRESETS, YOLOSeg, build_yolo_seg
+from neuroseg_jax.reference.profiling import count_params
+from neuroseg_jax.reference.torch_convert import (convert_state_dict,
+                                                  load_reference_variables, load_state_dict,
+                                                  torch_layer_table)
 
 REFERENCE = Path(__file__).resolve().parents[1].parent / "shared" / "reference" / "neuroseg3"
 needs_reference = pytest.mark.skipif(
@@ -161,10 +163,10 @@ def test_decoded_predictions_match(tag):
 @needs_reference
 def test_decoding_intermediates_match():
   _, _, io, outputs, _ = reference_run("")
-  points, strides = yolo_decode.make_anchors((256, 256))
+  points, strides = box_geometry.make_anchors((256, 256))
   np.testing.assert_array_equal(points, io["anchor_points"])
   np.testing.assert_array_equal(strides, io["anchor_strides"])
-  ltrb = yolo_decode.dfl_expectation(outputs["box_logits"])
+  ltrb = box_geometry.dfl_expectation(outputs["box_logits"])
   assert_matches(ltrb, io["dfl_ltrb"].transpose(0, 2, 1), nchw=False)
 
 

@@ -4,7 +4,8 @@
 boxes: each box is predicted by the stride-8 anchor under its centre (DFL logits
 put the probability on the two bins around each distance, so the expectation is
 exact) and its mask by one prototype channel (+8 inside, -8 outside).
-`oracle_predict_fn` builds such outputs from the blobs of each image.
+`oracle_predict_fn` builds such outputs from the blobs of each image
+(`oracle_batch_predict_fn`: the same behind the engine's {"image": ...} batches).
 """
 
 from __future__ import annotations
@@ -12,7 +13,7 @@ from __future__ import annotations
 import numpy as np
 from scipy import ndimage
 
-from neuroseg_jax.models import yolo_decode
+from neuroseg_jax.models import box_geometry
 
 BACKGROUND_LOGIT = -20.0
 
@@ -45,7 +46,7 @@ def encode_instances(boxes, proto_masks, image_size: int, scores=None, num_proto
   num = len(boxes)
   assert num <= num_protos
   scores = np.full(num, 0.9) if scores is None else np.asarray(scores, np.float64)
-  points, strides = yolo_decode.make_anchors((image_size, image_size))
+  points, strides = box_geometry.make_anchors((image_size, image_size))
   num_anchors = len(points)
   box_logits = np.zeros((num_anchors, 64), np.float32)
   cls_logits = np.full((num_anchors, 1), BACKGROUND_LOGIT, np.float32)
@@ -96,3 +97,8 @@ def oracle_predict_fn(images: np.ndarray) -> dict:
     boxes, masks, scores = blob_instances(image)
     per_image.append(encode_instances(boxes, masks, image.shape[0], scores))
   return {key: np.concatenate([o[key] for o in per_image]) for key in per_image[0]}
+
+
+def oracle_batch_predict_fn(batch: dict) -> dict:
+  """The engine's predict_fn convention: {"image": [B, S, S, C]} -> head outputs."""
+  return oracle_predict_fn(batch["image"])

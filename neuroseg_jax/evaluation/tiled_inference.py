@@ -1,11 +1,14 @@
-"""Instance segmentation of fields of view larger than the network input, by tiles.
+"""Whole-field instance segmentation at native resolution, tiled when the field is large.
 
-The [H, W, C] image is cut into [S, S] tiles overlapping by `overlap` pixels (the
-last tile of a row / column is aligned to the image edge; images smaller than S
-are zero-padded at the bottom / right). Tiles go through `predict_fn` in batches of
-a fixed size (the last batch is padded, so a jitted predict_fn compiles once) and
-each tile is post-processed in tile pixels. Instances are then mapped to the full
-image and de-duplicated:
+`segment_field` is the one call for a field of view of any size (what a `segment`
+command needs): it takes the engine's predict_fn (`loop.make_predict_fn`, batches
+{"image": [B, S, S, C]}) and returns Instances in field pixels. The [H, W, C] field
+is cut into [S, S] tiles (S = the network input, e.g. the training size)
+overlapping by `overlap` pixels; the last tile of a row / column is aligned to the
+image edge, and along an axis shorter than S there is one tile, zero-padded at the
+bottom / right (a field no larger than S is a single pass). Tiles go through `predict_fn` in batches of a fixed size (the last batch is padded,
+so a jitted predict_fn compiles once) and each tile is post-processed in tile
+pixels. Instances are then mapped to the full image and de-duplicated:
   1. an instance touching an *inner* border of its tile (a side that is not the
      image edge) is probably cut; it is dropped when another tile contains its
      whole extent without touching that tile's inner borders;
@@ -67,19 +70,20 @@ def _predict_tiles(image, tiles, predict_fn, tile_size, batch_size, settings):
     batch = np.zeros((batch_size, tile_size, tile_size, image.shape[-1]), np.float32)
     for slot, t in enumerate(chunk):
       batch[slot, :t.height, :t.width] = image[t.y0:t.y0 + t.height, t.x0:t.x0 + t.width]
-    found.extend(post.postprocess_batch(predict_fn(batch), [(t.height, t.width) for t in chunk],
-                                        settings=settings))
+    found.extend(post.postprocess_batch(predict_fn({"image": batch}),
+                                        [(t.height, t.width) for t in chunk], settings=settings))
   return found
 
 
-def tiled_predict(image: np.ndarray, predict_fn: Callable[[np.ndarray], dict], tile_size: int,
+def segment_field(image: np.ndarray, predict_fn: Callable[[dict], dict], tile_size: int,
                   overlap: int, settings: post.PostprocessSettings = post.PostprocessSettings(),
                   batch_size: int = 4, merge_iou: float = 0.5) -> post.Instances:
   """Instances of a whole field of view.
 
   Args:
     image: [H, W, C] network-ready (normalised) image of any size.
-    predict_fn: [B, S, S, C] float32 -> head outputs (yolo_decode contract).
+    predict_fn: {"image": [B, S, S, C] float32} -> head outputs (`models/yolo_decode`
+      contract), e.g. `training.loop.make_predict_fn(task, state, mesh)`.
     tile_size: S, the network input size.
     overlap: pixels shared by neighbouring tiles (< S).
     settings: post-processing of each tile.

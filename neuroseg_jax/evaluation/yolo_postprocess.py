@@ -27,7 +27,7 @@ import numpy as np
 from scipy import ndimage
 
 from neuroseg_jax.data.instance_targets import Letterbox
-from neuroseg_jax.losses import box_ops
+from neuroseg_jax.models import box_geometry
 from neuroseg_jax.models import yolo_decode
 
 PROTO_STRIDE = 4  # head-output contract: prototypes at 1/4 of the input resolution
@@ -105,7 +105,7 @@ def greedy_keep(iou: np.ndarray, iou_threshold: float) -> np.ndarray:
 def nms(boxes: np.ndarray, scores: np.ndarray, iou_threshold: float) -> np.ndarray:
   """Greedy box NMS: [N, 4] xyxy, [N] scores -> indices kept, by descending score."""
   order = np.argsort(-scores, kind="stable")
-  iou = box_ops.pairwise_box_iou(boxes[order], boxes[order])
+  iou = box_geometry.pairwise_box_iou(boxes[order], boxes[order])
   return order[greedy_keep(iou, iou_threshold)]
 
 

@@ -24,7 +24,7 @@ from typing import NamedTuple
 import jax
 import jax.numpy as jnp
 
-from neuroseg_jax.losses import box_ops
+from neuroseg_jax.models import box_geometry
 
 
 class Assignment(NamedTuple):
@@ -43,9 +43,7 @@ class Assignment(NamedTuple):
 
 def anchors_inside_boxes(points: jax.Array, boxes: jax.Array, eps: float = 1e-9) -> jax.Array:
   """[A, 2] anchor centres, [M, 4] boxes -> [M, A] bool, centre strictly inside the box."""
-  deltas = jnp.concatenate([points[None] - boxes[:, None, :2], boxes[:, None, 2:] - points[None]],
-                           axis=-1)
-  return deltas.min(axis=-1) > eps
+  return box_geometry.xyxy_to_ltrb(points[None], boxes[:, None]).min(axis=-1) > eps
 
 
 def _assign_image(scores, pred_boxes, points, gt_classes, gt_boxes, gt_valid, *, topk, alpha,
@@ -57,7 +55,7 @@ def _assign_image(scores, pred_boxes, points, gt_classes, gt_boxes, gt_valid, *,
   candidates = anchors_inside_boxes(points, gt_boxes) & gt_valid[:, None]  # [M, A]
 
   class_scores = scores[:, classes].T  # [M, A]
-  overlaps = jnp.clip(box_ops.complete_iou(gt_boxes[:, None, :], pred_boxes[None, :, :]), 0)
+  overlaps = jnp.clip(box_geometry.complete_iou(gt_boxes[:, None], pred_boxes[None]), 0)
   overlaps = jnp.where(candidates, overlaps, 0.0)
   align = jnp.where(candidates, class_scores**alpha * overlaps**beta, 0.0)
 

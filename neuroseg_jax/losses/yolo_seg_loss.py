@@ -32,9 +32,8 @@ import jax.numpy as jnp
 import optax
 
 from neuroseg_jax.errors import DataError
-from neuroseg_jax.losses import box_ops
 from neuroseg_jax.losses import yolo_assigner
-from neuroseg_jax.models import yolo_decode
+from neuroseg_jax.models import box_geometry
 
 
 @dataclasses.dataclass(frozen=True)
@@ -100,7 +99,7 @@ def _image_mask_loss(foreground, target_index, target_boxes, coefs, protos, gt_m
   boxes = target_boxes[slots]
   inside = _box_mask(boxes, *protos.shape[:2])
   bce_in_box = jnp.where(inside, optax.sigmoid_binary_cross_entropy(logits, targets), 0.0)
-  area = box_ops.box_area(boxes)
+  area = box_geometry.box_area(boxes)
   per_positive = bce_in_box.sum(axis=(1, 2)) / jnp.where(filled & (area > 0), area, 1.0)
   return jnp.where(filled, per_positive, 0.0).sum()
 
@@ -137,9 +136,9 @@ def yolo_seg_loss(outputs: dict, batch: dict,
   box_logits = outputs["box_logits"].astype(jnp.float32)
   cls_logits = outputs["cls_logits"].astype(jnp.float32)
   image_hw = tuple(batch["image"].shape[1:3])
-  points, strides = (jnp.asarray(a) for a in yolo_decode.make_anchors(image_hw))
-  pred_boxes = yolo_decode.distances_to_xyxy(
-      yolo_decode.dfl_expectation(box_logits, box_logits.shape[-1] // 4), points)  # cells
+  points, strides = (jnp.asarray(a) for a in box_geometry.make_anchors(image_hw))
+  pred_boxes = box_geometry.distances_to_xyxy(
+      box_geometry.dfl_expectation(box_logits, box_logits.shape[-1] // 4), points)  # cells
 
   assignment = yolo_assigner.assign_targets(
       jax.nn.sigmoid(cls_logits), pred_boxes * strides, points * strides, batch["classes"],
@@ -156,9 +155,9 @@ def yolo_seg_loss(outputs: dict, batch: dict,
   # degenerate padding boxes cannot put NaNs into masked-out gradients.
   safe_targets = jnp.where(foreground[..., None], target_cells,
                            jax.lax.stop_gradient(pred_boxes))
-  box_loss = ((1 - box_ops.complete_iou(pred_boxes, safe_targets)) * weight).sum()
+  box_loss = ((1 - box_geometry.complete_iou(pred_boxes, safe_targets)) * weight).sum()
   box_loss = box_loss / target_scores_sum
-  target_ltrb = box_ops.xyxy_to_ltrb(points, safe_targets)
+  target_ltrb = box_geometry.xyxy_to_ltrb(points, safe_targets)
   dfl_loss = (distribution_focal_loss(box_logits, target_ltrb) * weight).sum() / target_scores_sum
 
   protos = outputs["protos"].astype(jnp.float32)

@@ -2,10 +2,8 @@
 
 A neck maps the backbone features {"p2": stride 4, "p3": stride 8, "p4":
 stride 16, "p5": stride 32 (after SPPF)}, each [B, H / s, W / s, C_s], to the
-head inputs (P3, P4, P5). `TORCH_LAYERS` maps the reference's top-level layer
-indices (layer tables in ../shared/reference/neuroseg3/README.md) to our
-submodule names, for the checkpoint converter; layers without parameters
-(Upsample, Concat) are not listed.
+head inputs (P3, P4, P5). Submodule names map to the reference's layers in
+`reference/torch_convert.py`.
 """
 
 from __future__ import annotations
@@ -51,12 +49,6 @@ class BiFPNNeck(nn.Module):
   scale: str = "s"
   dtype: Dtype = jnp.float32
 
-  TORCH_LAYERS = {10: "lateral_p3", 11: "lateral_p4", 12: "lateral_p5",
-                  14: "fuse_td_p4", 15: "node_td_p4", 17: "fuse_td_p3", 18: "node_td_p3",
-                  19: "down_p2", 20: "fuse_bu_p3", 21: "node_bu_p3",
-                  22: "down_bu_p3", 23: "fuse_bu_p4", 24: "node_bu_p4",
-                  25: "down_bu_p4", 26: "fuse_bu_p5", 27: "node_bu_p5"}
-
   @nn.compact
   def __call__(self, features: Features, train: bool) -> tuple[jax.Array, jax.Array, jax.Array]:
     scale = SCALES.get(self.scale)
@@ -89,9 +81,6 @@ class PANNeck(nn.Module):
   """
   scale: str = "s"
   dtype: Dtype = jnp.float32
-
-  TORCH_LAYERS = {12: "node_td_p4", 15: "node_td_p3", 16: "down_bu_p3", 18: "node_bu_p4",
-                  19: "down_bu_p4", 21: "node_bu_p5"}
 
   @nn.compact
   def __call__(self, features: Features, train: bool) -> tuple[jax.Array, jax.Array, jax.Array]:

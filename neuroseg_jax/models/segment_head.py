@@ -15,7 +15,7 @@ import jax
 import jax.numpy as jnp
 
 from neuroseg_jax.models.yolo_blocks import TORCH_CONV_INIT, ConvBNAct, conv2d, torch_bias_init
-from neuroseg_jax.models.yolo_decode import REG_MAX, STRIDES
+from neuroseg_jax.models.box_geometry import REG_MAX, STRIDES
 
 Dtype = Any
 

@@ -33,14 +33,12 @@ Choices:
 
 from __future__ import annotations
 
-import logging
 import math
 from typing import Any, Sequence
 
 import flax.linen as nn
 import jax
 import jax.numpy as jnp
-import numpy as np
 
 from neuroseg_jax.errors import DataError
 from neuroseg_jax.models.vit import ViTEncoder
@@ -120,8 +118,8 @@ class UNETR(nn.Module):
   """ViT encoder + UNETR decoder: [B, D, H, W, C] -> [B, D, H, W, out_channels] float32.
 
   D, H, W must be multiples of the encoder's patch size. Submodule `encoder` is the
-  given ViTEncoder, so a pre-trained MAE's params["encoder"] fits (see
-  `load_encoder_params`). Decoder level k (0 = full resolution) has
+  given ViTEncoder, so a pre-trained MAE's params["encoder"] fits (copy it with
+  `training/transfer.py`). Decoder level k (0 = full resolution) has
   `decoder_width * 2**k` channels (64 -> 64/128/256/512 as in the reference); the raw
   input branch has decoder_width // 2 then decoder_width. `skip_blocks` (1-based, one
   per intermediate level, non-decreasing) defaults to evenly spaced blocks; the deepest
@@ -145,22 +143,6 @@ class UNETR(nn.Module):
                        f"got {blocks}")
     return blocks
 
-  def _encode(self, x: jax.Array, train: bool):
-    """[B, D, H, W, C] -> (final tokens, block outputs), each [B, (1 +) N, width]."""
-    if self.use_position_embedding:
-      return self.encoder(x, train=train, return_block_outputs=True)
-    # The encoder's own forward pass minus the position embedding (same parameters).
-    enc = self.encoder
-    tokens = enc.patch_embed(x.astype(enc.dtype)).reshape(x.shape[0], -1, enc.width)
-    if enc.use_class_token:
-      cls = jnp.broadcast_to(enc.cls_token.astype(enc.dtype), (x.shape[0], 1, enc.width))
-      tokens = jnp.concatenate([cls, tokens], axis=1)
-    block_outputs = []
-    for block in enc.blocks:
-      tokens = block(tokens, train=train)
-      block_outputs.append(tokens)
-    return enc.norm(tokens), block_outputs
-
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
     if x.ndim != 5:
@@ -168,7 +150,9 @@ class UNETR(nn.Module):
     strides = upsampling_strides(self.encoder.patch_size)
     levels = len(strides)
     grid = self.encoder.grid_shape(x.shape[1:4])
-    final, block_outputs = self._encode(x, train)
+    final, block_outputs = self.encoder(x, train=train,
+                                        position_embedding=self.use_position_embedding,
+                                        return_block_outputs=True)
     first = 1 if self.encoder.use_class_token else 0
 
     def to_grid(tokens):
@@ -193,37 +177,3 @@ class UNETR(nn.Module):
     y = nn.Conv(self.out_channels, (1, 1, 1), dtype=self.dtype, name="head")(y)
     return y.astype(jnp.float32)
 
-
-def load_encoder_params(params: dict, encoder_params: dict, source: str = "encoder checkpoint"):
-  """Puts pre-trained encoder weights into UNETR params.
-
-  Args:
-    params: UNETR params {"encoder": ..., decoder modules...} (e.g. freshly initialised).
-    encoder_params: the pre-trained encoder's params, e.g. an MAE's params["encoder"].
-    source: names the checkpoint in errors and the log line.
-
-  Returns:
-    (params with params["encoder"] replaced, number of arrays loaded).
-
-  Raises:
-    DataError naming `source` when the trees differ (missing or unexpected arrays) or
-    any array's shape differs: a silent partial load would fake a pre-training result.
-  """
-  leaves, treedef = jax.tree_util.tree_flatten_with_path(params["encoder"])
-  flat_target = dict(leaves)
-  flat_source = dict(jax.tree_util.tree_flatten_with_path(encoder_params)[0])
-  name = jax.tree_util.keystr
-  problems = [f"missing {name(p)}" for p in flat_target if p not in flat_source]
-  problems += [f"unexpected {name(p)}" for p in flat_source if p not in flat_target]
-  problems += [f"{name(p)} has shape {np.shape(flat_source[p])}, the model needs "
-               f"{np.shape(v)}" for p, v in flat_target.items()
-               if p in flat_source and np.shape(flat_source[p]) != np.shape(v)]
-  if problems:
-    raise DataError(source, "encoder weights do not fit the model: " + "; ".join(problems[:10])
-                    + (f"; ... {len(problems) - 10} more" if len(problems) > 10 else ""))
-  loaded = jax.tree_util.tree_unflatten(
-      treedef, [jnp.asarray(flat_source[p], v.dtype) for p, v in leaves])
-  count = len(flat_target)
-  logging.info("loaded %d encoder arrays (%d values) from %s", count,
-               sum(int(np.size(v)) for v in flat_target.values()), source)
-  return {**params, "encoder": loaded}, count

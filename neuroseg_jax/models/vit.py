@@ -112,14 +112,16 @@ class ViTEncoder(nn.Module):
     """Token grid (g_0, ..., g_{n-1}) = spatial // patch_size for spatial (D, H, W) or (H, W)."""
     return token_grid_shape(spatial, self.patch_size)
 
-  def embed(self, x: jax.Array) -> jax.Array:
-    """[B, *spatial, C] -> [B, N, width] patch tokens + position embedding, N = prod(grid)."""
+  def embed(self, x: jax.Array, *, position_embedding: bool = True) -> jax.Array:
+    """[B, *spatial, C] -> [B, N, width] patch tokens (+ position embedding), N = prod(grid)."""
     grid = self.grid_shape(x.shape[1:-1])
     tokens = self.patch_embed(x.astype(self.dtype)).reshape(x.shape[0], -1, self.width)
+    if not position_embedding:
+      return tokens
     return tokens + jnp.asarray(sincos_position_embedding(grid, self.width), self.dtype)
 
   def __call__(self, x: jax.Array, *, train: bool = False, keep_indices: jax.Array | None = None,
-               return_block_outputs: bool = False):
+               position_embedding: bool = True, return_block_outputs: bool = False):
     """Encodes all tokens, or only those at `keep_indices`.
 
     Args:
@@ -127,7 +129,9 @@ class ViTEncoder(nn.Module):
       train: enables dropout.
       keep_indices: optional [B, K] int token indices (row-major grid order) to
         keep, e.g. the visible tokens of a masked autoencoder.
-      return_block_outputs: also return every block's output.
+      position_embedding: add the fixed position embedding (False: same
+        parameters, embedding left out, as UNETR's reference fine-tuning does).
+      return_block_outputs: also return every block's output (UNETR's skips).
 
     Returns:
       tokens [B, T, width] after the final LayerNorm, T = K (or N) tokens, plus
@@ -135,7 +139,7 @@ class ViTEncoder(nn.Module):
       `return_block_outputs`, a list of `depth` arrays [B, T, width]: each
       block's output before the final norm, class token included when used.
     """
-    tokens = self.embed(x)
+    tokens = self.embed(x, position_embedding=position_embedding)
     if keep_indices is not None:
       tokens = jnp.take_along_axis(tokens, keep_indices[..., None], axis=1)
     if self.use_class_token:

@@ -52,9 +52,6 @@ class YOLOBackbone(nn.Module):
   drop_path_rate: float = 0.1
   dtype: Dtype = jnp.float32
 
-  TORCH_LAYERS = {0: "stem", 1: "down_p2", 2: "stage_p2", 3: "down_p3", 4: "stage_p3",
-                  5: "down_p4", 6: "stage_p4", 7: "down_p5", 8: "stage_p5", 9: "sppf"}
-
   @nn.compact
   def __call__(self, x: jax.Array, train: bool) -> dict[str, jax.Array]:
     check_image_batch(x, "YOLOBackbone input")

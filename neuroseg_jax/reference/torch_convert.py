@@ -1,8 +1,8 @@
 """Reference PyTorch (ultralytics / NeuroSeg-III) state dicts -> YOLOSeg Flax variables.
 
 Keys look like "model.<layer>.<path>.<tensor>" (e.g. "model.2.m.0.mlp.0.conv.weight").
-The layer index selects our submodule through the `TORCH_LAYERS` tables of
-YOLOBackbone and the neck; the head is the layer after the neck's last one.
+The layer index selects our submodule through the layer tables below
+(`BACKBONE_LAYERS`, `NECK_LAYERS`); the head is the layer after the neck's last one.
 Inside a layer the PyTorch path maps name by name, an integer index joining
 its parent ("m.0" -> "m_0", "cv2.0.2" -> "cv2_0_2"); tensors map as
   conv weight [O, I, kh, kw]         -> kernel [kh, kw, I, O]
@@ -26,12 +26,28 @@ import numpy as np
 from flax import traverse_util
 
 from neuroseg_jax.errors import DataError
-from neuroseg_jax.models.necks import NECKS
-from neuroseg_jax.models.yolo_decode import REG_MAX
-from neuroseg_jax.models.yolo_seg import YOLOBackbone, YOLOSeg
+from neuroseg_jax.models.box_geometry import REG_MAX
+from neuroseg_jax.models.yolo_seg import YOLOSeg
+from neuroseg_jax.registry import Registry
 
 FlatPath = tuple[str, ...]
 _MAX_LISTED = 25
+
+# Reference top-level layer index -> our submodule name, per the layer tables in
+# ../shared/reference/neuroseg3/README.md. Layers without parameters (Upsample,
+# Concat) are not listed.
+BACKBONE_LAYERS = {0: "stem", 1: "down_p2", 2: "stage_p2", 3: "down_p3", 4: "stage_p3",
+                   5: "down_p4", 6: "stage_p4", 7: "down_p5", 8: "stage_p5", 9: "sppf"}
+NECK_LAYERS: Registry[dict[int, str]] = Registry("neck layer table")
+NECK_LAYERS.register("bifpn")({
+    10: "lateral_p3", 11: "lateral_p4", 12: "lateral_p5",
+    14: "fuse_td_p4", 15: "node_td_p4", 17: "fuse_td_p3", 18: "node_td_p3",
+    19: "down_p2", 20: "fuse_bu_p3", 21: "node_bu_p3",
+    22: "down_bu_p3", 23: "fuse_bu_p4", 24: "node_bu_p4",
+    25: "down_bu_p4", 26: "fuse_bu_p5", 27: "node_bu_p5"})
+NECK_LAYERS.register("pan")({
+    12: "node_td_p4", 15: "node_td_p3", 16: "down_bu_p3", 18: "node_bu_p4",
+    19: "down_bu_p4", 21: "node_bu_p5"})
 
 
 def load_state_dict(path: str | os.PathLike, allow_pickle: bool = False) -> dict[str, np.ndarray]:
@@ -76,8 +92,8 @@ def _load_torch(path: str, allow_pickle: bool) -> dict[str, np.ndarray]:
 
 def torch_layer_table(model: YOLOSeg) -> dict[int, FlatPath]:
   """Reference top-level layer index -> our submodule path, for `model`'s neck."""
-  neck_layers = NECKS.get(model.neck).TORCH_LAYERS
-  table = {i: ("backbone", name) for i, name in YOLOBackbone.TORCH_LAYERS.items()}
+  neck_layers = NECK_LAYERS.get(model.neck)
+  table = {i: ("backbone", name) for i, name in BACKBONE_LAYERS.items()}
   table.update({i: ("pyramid", name) for i, name in neck_layers.items()})
   table[max(neck_layers) + 1] = ("head",)
   return table

@@ -1,4 +1,4 @@
-"""Box geometry: IoU and CIoU against hand-computed values."""
+"""Box geometry: IoU and CIoU against hand-computed values, distances <-> boxes."""
 
 import math
 
@@ -7,10 +7,9 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
-from neuroseg_jax.losses import box_ops
-from neuroseg_jax.models import yolo_decode
+from neuroseg_jax.models import box_geometry
 
-ciou = jax.jit(box_ops.complete_iou)
+ciou = jax.jit(box_geometry.complete_iou)
 
 
 def test_ciou_of_identical_boxes_is_one():
@@ -37,7 +36,7 @@ def test_ciou_with_aspect_ratio_term():
 def test_ciou_gradient_is_finite_and_moves_box_towards_target():
   target = jnp.asarray([2.0, 2.0, 6.0, 5.0])
   pred = jnp.asarray([3.0, 1.0, 8.0, 4.0])
-  grad = jax.jit(jax.grad(lambda p: 1 - box_ops.complete_iou(p, target)))(pred)
+  grad = jax.jit(jax.grad(lambda p: 1 - box_geometry.complete_iou(p, target)))(pred)
   assert np.all(np.isfinite(grad))
   stepped = pred - 0.1 * grad
   assert ciou(stepped, target) > ciou(pred, target)
@@ -48,7 +47,7 @@ def test_pairwise_box_iou(as_jax):
   a = np.asarray([[0, 0, 2, 2], [0, 0, 1, 1]], np.float32)
   b = np.asarray([[1, 1, 3, 3], [0, 0, 2, 2], [5, 5, 5, 5]], np.float32)
   expected = [[1 / 7, 1, 0], [0, 1 / 4, 0]]
-  iou_fn = box_ops.pairwise_box_iou
+  iou_fn = box_geometry.pairwise_box_iou
   if as_jax:
     a, b, iou_fn = jnp.asarray(a), jnp.asarray(b), jax.jit(iou_fn)
   iou = iou_fn(a, b)
@@ -59,5 +58,5 @@ def test_pairwise_box_iou(as_jax):
 def test_xyxy_to_ltrb_inverts_decode():
   points = jnp.asarray([[3.5, 2.5], [0.5, 0.5]])
   ltrb = jnp.asarray([[1.0, 2.0, 3.0, 0.5], [0.25, 0.0, 7.0, 1.5]])
-  boxes = yolo_decode.distances_to_xyxy(ltrb, points)
-  np.testing.assert_allclose(jax.jit(box_ops.xyxy_to_ltrb)(points, boxes), ltrb, atol=1e-6)
+  boxes = box_geometry.distances_to_xyxy(ltrb, points)
+  np.testing.assert_allclose(jax.jit(box_geometry.xyxy_to_ltrb)(points, boxes), ltrb, atol=1e-6)
