@@ -19,12 +19,12 @@ _spec = importlib.util.spec_from_file_location("_mae3d_pretrain_config",
 mae3d = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(mae3d)
 
-ARGS_2D = {**mae3d.ARGS_3D, "patch": "16x16", "crop": "224x224", "decoder_width": 512,
+ARGS_2D = {**mae3d.ARGS_3D, "patch_size": "16x16", "crop": "224x224", "decoder_width": 512,
            "mask_ratio": 0.75}
 VARIANTS_2D = {
     "tomo": mae3d.VARIANTS_3D["tomo"],
-    "cpu": {**mae3d.VARIANTS_3D["cpu"], "patch": "8x8", "crop": "64x64"},
-    "smoke": {**mae3d.VARIANTS_3D["smoke"], "patch": "4x4", "crop": "16x16"},
+    "cpu": {**mae3d.VARIANTS_3D["cpu"], "patch_size": "8x8", "crop": "64x64"},
+    "smoke": {**mae3d.VARIANTS_3D["smoke"], "patch_size": "4x4", "crop": "16x16"},
 }
 
 

@@ -1,7 +1,7 @@
 """MAE self-pre-training of a 3D ViT on an unlabeled EM volume (task "mae_pretrain").
 
   python -m neuroseg_jax.main --config=configs/mae3d_pretrain.py:smoke --workdir=/tmp/mae
-  python -m neuroseg_jax.main --config=configs/mae3d_pretrain.py:cpu,tomo,lowpass=1 \
+  python -m neuroseg_jax.main --config=configs/mae3d_pretrain.py:cpu,tomo,lowpass_sigma=1 \
       --workdir=/tmp/mae_tomo
   python -m neuroseg_jax.main \
       --config=configs/mae3d_pretrain.py:source=file,path=/data/snemi3d/train-input.tif --workdir=DIR
@@ -11,22 +11,23 @@ Variants (combinable): (none) the EM-MAE reference setting below; tomo, the real
 cryo-ET volume ../shared/data/volumes/tomo.tif; cpu, a small ViT ("mini", 64 wide,
 4 deep) on 4x32x32 crops with 1x8x8 patches, masking 0.75, minutes on a laptop CPU;
 smoke, a few steps of a tiny model (seconds).
-Arguments (`:a,b=c`; sizes written "DxHxW", e.g. crop=6x96x96, since commas
-separate arguments): source (simulator | file), path, key (HDF5 dataset), size
-(a ViT size: mu, mini, tiny, small, base, large, huge), patch, crop, use_class_token,
-bin (z-y-x mean-pooling factors of the volume, e.g. 2x2x2), lowpass (Gaussian
-low-pass sigma in voxels after binning, one number or z-y-x like 0.5x1x1; 0 = off),
-decoder_width,
-decoder_depth, decoder_heads, mask_ratio, norm_pix, batch_size,
-num_steps, warmup_steps, lr, weight_decay, seed, sim_shape, sim_seed, sim_zoom,
-val_slices, val_axis, val_crops, eval_every, bf16.
+Arguments (`:a,b=c`, each named after the field it sets; sizes written "DxHxW",
+e.g. crop=6x96x96, since commas separate arguments): source (simulator | snemi3d | mitoem | file),
+path, key (HDF5 dataset), size (a ViT size: mu, mini, tiny, small, base, large,
+huge), patch_size, crop, use_class_token, bin (z-y-x mean-pooling factors of the
+volume, e.g. 2x2x2), lowpass_sigma (Gaussian low-pass sigma in voxels after
+binning, one number or z-y-x like 0.5x1x1; 0 = off), decoder_width, decoder_depth,
+decoder_num_heads, mask_ratio, norm_pix, batch_size, num_steps, warmup_steps (a
+fraction of the run or steps), lr, weight_decay, seed, simulator_shape,
+simulator_seed, simulator_zoom (data.simulator.*), val_slices, val_axis,
+val_crops, eval_every, compute_dtype.
 
 Reference setting (/work/shared/reference/emmae/README.md, the EM-MAE code): crops
 6x96x96 (z, y, x), patch 1x16x16 (216 tokens), ViT-base with a class token, decoder
 384 wide, 8 deep, 16 heads, norm-pix loss, masking ratio 0.9 (the reference config's
 default), AdamW lr 1e-4, weight decay 0, linear warmup 100k steps then cosine to
 400k steps, batch 96 (16 per GPU x 6 GPUs). Without tomo / path the data are the
-EM simulator's raw volume (`sim_shape`).
+EM simulator's raw volume (`simulator_shape`).
 """
 
 from pathlib import Path
@@ -40,27 +41,28 @@ TOMOGRAM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vol
 
 ARGS_3D = dict(
     smoke=False, cpu=False, tomo=False, source="simulator", path="", key="", size="base",
-    bin="1x1x1", lowpass="0", patch="1x16x16", crop="6x96x96", use_class_token=True,
-    decoder_width=384, decoder_depth=8, decoder_heads=16, mask_ratio=0.9, norm_pix=True,
-    batch_size=96, num_steps=400_000, warmup_steps=100_000, lr=1e-4, weight_decay=0.0, seed=0,
-    sim_shape="48x256x256", sim_seed=0, sim_zoom=1.0, val_slices=8, val_axis=0, val_crops=32,
-    eval_every=0, bf16=False,
+    bin="1x1x1", lowpass_sigma="0", patch_size="1x16x16", crop="6x96x96",
+    use_class_token=True, decoder_width=384, decoder_depth=8, decoder_num_heads=16,
+    mask_ratio=0.9, norm_pix=True, batch_size=96, num_steps=400_000, warmup_steps=0.25,
+    lr=1e-4, weight_decay=0.0, seed=0, simulator_shape="48x256x256", simulator_seed=0,
+    simulator_zoom=1.0, val_slices=8, val_axis=0, val_crops=32, eval_every=0.0,
+    compute_dtype="float32",
 )
 VARIANTS_3D = {
-    # Validation on the last 32 x-columns: the tomogram's structure lies in its middle z
-    # (smoothed per-slice std 0.35-0.38 at z 45-75 vs ~0.2 at both z ends), so a z-end
-    # slab would validate on nearly structureless ice. Its raw voxels are mostly noise
-    # (neighbour correlation 0.17-0.34): add lowpass=1 to learn its structure (RESULTS.md).
+    # Validation on the last 32 x-columns: the tomogram's structure lies in its middle z,
+    # so a z-end slab would validate on nearly structureless ice. Its raw voxels are mostly
+    # noise: add lowpass_sigma=1 to learn its structure (RESULTS.md, "MAE pre-training on
+    # EM volumes").
     "tomo": dict(source="file", path=str(TOMOGRAM), val_slices=32, val_axis=2),
-    # ~7 minutes on 2 idle CPU cores (12 steps/s). On the simulator the norm-pix loss stays
-    # at its baseline (1) for ~1000 steps, then falls: 0.89 at 2000, 0.82 at 5000 steps.
-    "cpu": dict(size="mini", patch="1x8x8", crop="4x32x32", decoder_width=64, decoder_depth=2,
-                decoder_heads=4, mask_ratio=0.75, batch_size=32, num_steps=5000,
-                warmup_steps=200, lr=1e-3, weight_decay=0.05, sim_shape="32x128x128",
-                val_crops=64),
-    "smoke": dict(size="mu", patch="1x4x4", crop="2x16x16", decoder_width=16, decoder_depth=1,
-                  decoder_heads=2, batch_size=4, num_steps=3, warmup_steps=0,
-                  sim_shape="8x48x48", val_slices=2, val_crops=4),
+    # Minutes on 2 CPU cores; long enough for the simulator's norm-pix loss to leave its
+    # baseline (time and loss curve: RESULTS.md, "MAE pre-training on EM volumes").
+    "cpu": dict(size="mini", patch_size="1x8x8", crop="4x32x32", decoder_width=64,
+                decoder_depth=2, decoder_num_heads=4, mask_ratio=0.75, batch_size=32,
+                num_steps=5000, warmup_steps=0.04, lr=1e-3, weight_decay=0.05,
+                simulator_shape="32x128x128", val_crops=64),
+    "smoke": dict(size="mu", patch_size="1x4x4", crop="2x16x16", decoder_width=16,
+                  decoder_depth=1, decoder_num_heads=2, batch_size=4, num_steps=3,
+                  warmup_steps=0.0, simulator_shape="8x48x48", val_slices=2, val_crops=4),
 }
 
 
@@ -93,11 +95,11 @@ def build_config(arg: str | None, args_defaults: dict, variants: dict) -> ml_col
   config.seed = args.seed
   config.batch_size = args.batch_size
   config.num_steps = args.num_steps
-  config.log_every = 1 if smoke else max(1, min(100, args.num_steps // 20))
+  config.log_every = 1 if smoke else 0.02
   config.eval_every = args.eval_every
-  config.checkpoint_every = args.num_steps if smoke else max(1, args.num_steps // 10)
+  config.checkpoint_every = 0 if smoke else 0.1
   config.keep_checkpoints = 1 if smoke else 2
-  config.compute_dtype = "bfloat16" if args.bf16 else "float32"
+  config.compute_dtype = args.compute_dtype
   config.optimizer.name = "adamw"
   config.optimizer.lr = args.lr
   config.optimizer.weight_decay = args.weight_decay
@@ -108,21 +110,21 @@ def build_config(arg: str | None, args_defaults: dict, variants: dict) -> ml_col
 
   config.model = ml_collections.ConfigDict({
       "size": args.size,
-      "patch_size": sizes(args.patch),
+      "patch_size": sizes(args.patch_size),
       "use_class_token": args.use_class_token,
       "decoder_width": args.decoder_width,
       "decoder_depth": args.decoder_depth,
-      "decoder_num_heads": args.decoder_heads,
+      "decoder_num_heads": args.decoder_num_heads,
       "mask_ratio": args.mask_ratio,
   })
   config.data = ml_collections.ConfigDict({
       "source": args.source,
       "path": args.path,
       "key": args.key,
-      "simulator": {"shape": sizes(args.sim_shape), "seed": args.sim_seed,
-                    "zoom": args.sim_zoom},
+      "simulator": {"shape": sizes(args.simulator_shape), "seed": args.simulator_seed,
+                    "zoom": args.simulator_zoom},
       "bin": sizes(args.bin),
-      "lowpass_sigma": sigmas(args.lowpass),  # z, y, x; all 0 = no filtering
+      "lowpass_sigma": sigmas(args.lowpass_sigma),  # z, y, x; all 0 = no filtering
       "crop": sizes(args.crop),
       "val_slices": args.val_slices,   # last slices along val_axis held out for validation
       "val_axis": args.val_axis,       # 0 = z, 1 = y, 2 = x

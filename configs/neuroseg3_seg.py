@@ -8,11 +8,13 @@
   # fine-tune from TiCo weights on 4 labeled images:
   ...:source=abo,num_train=4,pretrained=/path/to/tico_workdir
 
-Arguments (`configs/neuroseg3_seg.py:ARGS`): smoke; model: scale, block
+Arguments (`configs/neuroseg3_seg.py:ARGS`, each named after the field it sets,
+prefixed by its group where the name alone is ambiguous): smoke; model: scale, block
 (c2f | c2f_faster | c2f_faster_ema | c2f_ema), neck (pan | bifpn); data: source
 (simulated | abo | yolo_folder | neurofinder), folder, image_size, num_train, num_val,
-fold, num_folds, sim_recordings, sim_size, sim_frames; training: steps, batch_size,
-lr, seed, pretrained, freeze_steps, bf16; eval_size. The augmentation pipeline is
+fold, num_folds; the simulated source (data.source_args): num_recordings, height, width,
+frames; training: num_steps, batch_size, lr, seed, pretrained, freeze_steps,
+compute_dtype; eval_image_size (eval.image_size). The augmentation pipeline is
 `--config.data.augment="op|op(...)"` (it contains commas).
 """
 
@@ -28,16 +30,15 @@ ABO_FOLDER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 AUGMENT = ("flip_lr|flip_ud|rot90|scale_crop(0.8,1.25)|brightness(0.1)|contrast(0.2)"
            "|gamma(0.8,1.25)|noise(0.02)")
 # A few steps of a narrow network on small simulated images: runs on a laptop CPU.
-SMOKE = dict(scale="n", image_size=64, sim_size=64, sim_frames=40, sim_recordings=3, num_val=1,
-             steps=3, batch_size=2)
+SMOKE = dict(scale="n", image_size=64, height=64, width=64, frames=40, num_recordings=3,
+             num_val=1, num_steps=3, batch_size=2)
 
 
 def _source(args) -> tuple[str, dict]:
   """(registered source name, its arguments) for the `source` argument."""
   if args.source == "simulated":
-    return "simulated", {"num_recordings": args.sim_recordings, "seed": args.seed,
-                         "height": args.sim_size, "width": args.sim_size,
-                         "frames": args.sim_frames}
+    return "simulated", {"num_recordings": args.num_recordings, "seed": args.seed,
+                         "height": args.height, "width": args.width, "frames": args.frames}
   if args.source in ("abo", "yolo_folder"):
     folder = args.folder or (ABO_FOLDER if args.source == "abo" else "")
     return "yolo_folder", {"folder": os.path.normpath(folder)}
@@ -49,26 +50,27 @@ def _source(args) -> tuple[str, dict]:
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
   args = config_args.parse_arg(
-      arg, variants={"smoke": SMOKE}, smoke=False, scale="s", block="c2f_faster_ema", neck="bifpn", source="simulated",
-      folder="", image_size=512, num_train=-1, num_val=2, fold=-1, num_folds=5,
-      sim_recordings=12, sim_size=256, sim_frames=200, steps=2000, batch_size=8, lr=1e-3,
-      seed=0, pretrained="", freeze_steps=0, bf16=False, eval_size=0)
-  if args.source == "simulated" and args.image_size > args.sim_size:
-    args.image_size = args.sim_size
+      arg, variants={"smoke": SMOKE}, smoke=False, scale="s", block="c2f_faster_ema",
+      neck="bifpn", source="simulated", folder="", image_size=512, num_train=-1, num_val=2,
+      fold=-1, num_folds=5, num_recordings=12, height=256, width=256, frames=200,
+      num_steps=2000, batch_size=8, lr=1e-3, seed=0, pretrained="", freeze_steps=0,
+      compute_dtype="float32", eval_image_size=0)
+  if args.source == "simulated":
+    args.image_size = min(args.image_size, args.height, args.width)
 
   config = defaults.base_config()
   config.task = "yolo_seg"
   config.seed = args.seed
   config.batch_size = args.batch_size
-  config.num_steps = args.steps
-  config.log_every = max(1, min(50, args.steps // 10))
-  config.eval_every = 0 if args.smoke else max(args.steps // 4, 1)
-  config.checkpoint_every = max(1, min(500, args.steps // 4))
-  config.compute_dtype = "bfloat16" if args.bf16 else "float32"
+  config.num_steps = args.num_steps
+  config.log_every = 0.1
+  config.eval_every = 0 if args.smoke else 0.25
+  config.checkpoint_every = 0.25
+  config.compute_dtype = args.compute_dtype
   config.optimizer.name = "adamw"
   config.optimizer.lr = args.lr
   config.optimizer.weight_decay = 5e-4
-  config.optimizer.warmup_steps = min(100, args.steps // 10)
+  config.optimizer.warmup_steps = 0.1
   config.optimizer.min_lr_ratio = 0.01
   if args.freeze_steps:
     config.optimizer.freeze = "backbone"
@@ -83,15 +85,16 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
       "max_instances": 400, "augment": AUGMENT, "num_train": args.num_train,
       "num_val": args.num_val, "fold": args.fold, "num_folds": args.num_folds})
   # assigner_eps: ultralytics uses 1e-9, but for 12-18 px neurons the initial alignment
-  # metric (score^0.5 * CIoU^6 ~ 1e-13) is far below it, which scales the box / DFL
-  # targets down to ~1e-7 and stalls learning (3/3 vs 1/3 toy neurons found after 150
-  # steps, see losses/yolo_seg_loss.py); 1e-30 keeps the normalisation well defined.
+  # metric (score^0.5 * CIoU^6) is far below it, which scales the box / DFL targets
+  # towards 0 and stalls learning (see losses/yolo_seg_loss.py and RESULTS.md, "NeuroSeg-III
+  # network"); 1e-30 keeps the normalisation well defined.
   config.loss = ml_collections.ConfigDict({"box_gain": 7.5, "cls_gain": 0.5, "dfl_gain": 1.5,
                                            "topk": 10, "alpha": 0.5, "beta": 6.0,
                                            "assigner_eps": 1e-30})
   # eval.image_size: letterbox size at evaluation (0: data.image_size); lets a network
   # trained on crops segment whole fields of view.
   config.eval = ml_collections.ConfigDict({"batch_size": 2 if args.smoke else 4,
-                                           "figures": True, "image_size": args.eval_size})
+                                           "figures": True,
+                                           "image_size": args.eval_image_size})
   config.pretrained = args.pretrained
   return config

@@ -5,7 +5,7 @@
   python -m neuroseg_jax.main --config=configs/neuroseg3_tico.py \
       --config.data.source="movie:/my/recordings/*.tif+images:/my/summary_images" --workdir=DIR
 
-Arguments (`:a,b=c`): smoke; source = a name in SOURCES (simulated, abo_sima) or a
+Arguments (`:a,b=c`, each named after the field it sets): smoke; source = a name in SOURCES (simulated, abo_sima) or a
 raw unlabeled-source spec (see data/unlabeled_images.py); scale, block,
 image_size, batch_size, num_steps, lr.
 
@@ -56,13 +56,13 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.batch_size = args.batch_size
   config.num_steps = args.num_steps
   config.log_every = 1 if args.smoke else 50
-  config.data_workers = 0 if args.smoke else 4  # augmentation: ~30 ms per 256 px view pair
-  config.checkpoint_every = args.num_steps if args.smoke else 1000
+  config.data_workers = 0 if args.smoke else 4  # augmentation is the slow part (RESULTS.md)
+  config.checkpoint_every = 0 if args.smoke else 1000
   config.optimizer.name = "adamw"
   config.optimizer.lr = args.lr
   config.optimizer.weight_decay = 1e-4
   config.optimizer.schedule = "cosine"
-  config.optimizer.warmup_steps = 0 if args.smoke else args.num_steps // 20
+  config.optimizer.warmup_steps = 0 if args.smoke else 0.05
 
   config.model = ml_collections.ConfigDict({
       "preset": "neuroseg3",

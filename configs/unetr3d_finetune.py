@@ -6,17 +6,21 @@
   python -m neuroseg_jax.main --config=configs/unetr3d_finetune.py:nuclei,label_fraction=0.5 --workdir=DIR
 
 Variants (combinable, e.g. nuclei,cpu; explicit key=value arguments win): (none) simulator;
-snemi; mitoem; nuclei; cpu; smoke. Arguments (`:a,b=c`; sizes are written "DxHxW", e.g.
+snemi; mitoem; nuclei; cpu; smoke. Arguments (`:a,b=c`, each named after the field it sets,
+prefixed by its group where the name alone is ambiguous; sizes are written "DxHxW", e.g.
 crop=6x96x96, since commas separate arguments):
-  source        simulator | snemi3d | mitoem | files (data.path raw + data.labels_path labels)
+  source        simulator | snemi3d | mitoem | file (data.path raw + data.labels_path labels)
   path, labels_path  the files or folders of the source
   target        affinities | binary_contour | binary_contour_distance
   pretrained    MAE pre-training workdir whose params["encoder"] is loaded; "" = scratch
   label_fraction  fraction of the training z-range (its first slices) that is labeled
-  size, patch, use_class_token  the ViT (must equal the MAE's: size, patch, class token)
-  crop, decoder_width, split_z, batch_size, num_steps, lr, seed, eval_every, sim_shape,
-  sim_seed, sim_zoom (simulated structures this many times larger), eval_stride,
-  eval_padding, flip_tta, min_size
+  size, patch_size, use_class_token  the ViT (must equal the MAE's)
+  optimizer_name  adamw | sgd
+  warmup_steps, eval_every  a fraction of the run or steps
+  crop, decoder_width, split_z, batch_size, num_steps, lr, seed, simulator_shape,
+  simulator_seed, simulator_zoom (simulated structures this many times larger),
+  eval_stride, eval_padding, eval_min_size
+  flip_tta      switch: predict with the 4 in-plane flips (eval.flip_axes = (1, 2))
 
 Variant settings follow /work/shared/reference/emmae/README.md (the EM-MAE code):
   snemi   ViT-base, patch 1x16x16, crops 6x96x96, 3 affinities, label erosion 1, BCE 1 +
@@ -45,26 +49,28 @@ COMMON = dict(
     smoke=False, cpu=False, snemi=False, mitoem=False, nuclei=False,
     source="simulator", path="", labels_path="", target="affinities", pretrained="",
     label_fraction=1.0, size="tiny", patch="1x16x16", use_class_token=True, crop="6x96x96",
-    decoder_width=32, split_z=-16, batch_size=4, num_steps=2000, lr=1e-3, optimizer="adamw",
-    warmup_steps=100, seed=0, eval_every=0, sim_shape="48x192x192", sim_seed=0, sim_zoom=1.0,
-    eval_stride="", eval_padding="", flip_tta=False, min_size=0,
+    decoder_width=32, split_z=-16, batch_size=4, num_steps=2000, lr=1e-3,
+    optimizer_name="adamw", warmup_steps=0.05, seed=0, eval_every=0.0,
+    simulator_shape="48x192x192", simulator_seed=0, simulator_zoom=1.0, eval_stride="",
+    eval_padding="", flip_tta=False, eval_min_size=0,
 )
 VARIANTS = {
     "snemi": dict(source="snemi3d", size="base", decoder_width=64, split_z=80,
-                  num_steps=150_000, lr=0.02, optimizer="sgd", warmup_steps=5000,
+                  num_steps=150_000, lr=0.02, optimizer_name="sgd", warmup_steps=5000,
                   eval_stride="3x48x48", eval_padding="3x48x48", flip_tta=True),
     "mitoem": dict(source="mitoem", target="binary_contour", size="base", decoder_width=64,
-                   split_z=360, batch_size=3, num_steps=400_000, lr=0.04, optimizer="sgd",
-                   warmup_steps=5000, min_size=128),
-    "nuclei": dict(source="files", path=str(SHARED_VOLUMES / "nuclei.tif"),
+                   split_z=360, batch_size=3, num_steps=400_000, lr=0.04,
+                   optimizer_name="sgd", warmup_steps=5000, eval_min_size=128),
+    "nuclei": dict(source="file", path=str(SHARED_VOLUMES / "nuclei.tif"),
                    labels_path=str(SHARED_VOLUMES / "nuclei_label.tif"), target="binary_contour",
-                   patch="4x16x16", crop="16x64x64", decoder_width=16, split_z=35, batch_size=2,
-                   num_steps=1000, min_size=128),
+                   patch_size="4x16x16", crop="16x64x64", decoder_width=16, split_z=35,
+                   batch_size=2, num_steps=1000, warmup_steps=0.1, eval_min_size=128),
     # The encoder of configs/mae3d_pretrain.py:cpu (ViT mini, patch 1x8x8, crops 4x32x32).
-    "cpu": dict(size="mini", patch="1x8x8", crop="4x32x32", decoder_width=8, num_steps=300,
-                warmup_steps=30, sim_shape="32x128x128", eval_stride="4x32x32"),
-    "smoke": dict(size="mu", patch="2x4x4", crop="4x16x16", decoder_width=4, split_z=-6,
-                  batch_size=2, num_steps=3, warmup_steps=0, sim_shape="16x48x48"),
+    "cpu": dict(size="mini", patch_size="1x8x8", crop="4x32x32", decoder_width=8,
+                num_steps=300, warmup_steps=0.1, simulator_shape="32x128x128",
+                eval_stride="4x32x32"),
+    "smoke": dict(size="mu", patch_size="2x4x4", crop="4x16x16", decoder_width=4, split_z=-6,
+                  batch_size=2, num_steps=3, warmup_steps=0.0, simulator_shape="16x48x48"),
 }
 
 
@@ -88,11 +94,11 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.seed = args.seed
   config.batch_size = args.batch_size
   config.num_steps = args.num_steps
-  config.log_every = 1 if args.smoke else max(1, min(100, args.num_steps // 20))
+  config.log_every = 1 if args.smoke else 0.02
   config.eval_every = args.eval_every
-  config.checkpoint_every = args.num_steps if args.smoke else max(1, args.num_steps // 5)
+  config.checkpoint_every = 0 if args.smoke else 0.2
   config.keep_checkpoints = 1
-  config.optimizer.name = args.optimizer
+  config.optimizer.name = args.optimizer_name
   config.optimizer.lr = args.lr
   config.optimizer.weight_decay = 1e-4
   config.optimizer.schedule = "cosine"
@@ -100,7 +106,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
 
   config.model = ml_collections.ConfigDict({
       "size": args.size,
-      "patch_size": sizes(args.patch),
+      "patch_size": sizes(args.patch_size),
       "use_class_token": args.use_class_token,  # MAE encoders have one (models/mae.py)
       "dropout_rate": 0.0,
       "decoder_width": args.decoder_width,
@@ -112,8 +118,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "source": args.source,
       "path": args.path,
       "labels_path": args.labels_path,
-      "simulator": {"shape": sizes(args.sim_shape), "seed": args.sim_seed,
-                    "zoom": args.sim_zoom,
+      "simulator": {"shape": sizes(args.simulator_shape), "seed": args.simulator_seed,
+                    "zoom": args.simulator_zoom,
                     "labels": "neurons" if args.target == "affinities" else "mitochondria"},
       "split_z": args.split_z,
       "label_fraction": args.label_fraction,
@@ -139,8 +145,8 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "flip_axes": (1, 2) if args.flip_tta else (),
       "stream": False,            # True: predictions go to a memmap in WORKDIR/eval_scratch
       "thresholds": (0.1, 0.3, 0.5, 0.7),
-      "min_size": args.min_size,  # waterz instances below this size -> background
-      "watershed": {"min_seed_size": max(4, args.min_size // 4),
-                    "min_size": max(16, args.min_size)},
+      "min_size": args.eval_min_size,  # waterz instances below this size -> background
+      "watershed": {"min_seed_size": max(4, args.eval_min_size // 4),
+                    "min_size": max(16, args.eval_min_size)},
   })
   return config

@@ -27,7 +27,6 @@ from __future__ import annotations
 
 import argparse
 import csv
-import dataclasses
 import json
 import os
 import platform
@@ -63,31 +62,6 @@ def crop_augment(size: int, field: int = ABO_FIELD) -> str:
   return f"resized_crop({0.9 * area:.4f},{min(1.1 * area, 1.0):.4f},size={size})|{PHOTOMETRIC}"
 
 
-@dataclasses.dataclass
-class Scored:
-  """Detections of a set of images: per image [Np, Nt] IoU, [Np] scores, Instances."""
-  names: list[str]
-  ious: list[np.ndarray]
-  scores: list[np.ndarray]
-  found: list
-
-
-def score_images(samples: Sequence[neuron_evaluator.EvalSample], predict,
-                 batch_size: int) -> Scored:
-  """Runs predict_fn on `samples` and matches every detection (low confidence)."""
-  evaluator = neuron_evaluator.NeuronSegEvaluator(samples, batch_size=batch_size)
-  found = list(evaluator.detect(predict))
-  return Scored([s.name for s in samples],
-                [neuron_matching.mask_iou_matrix(f.masks, s.true_masks)
-                 for f, s in zip(found, samples)], [f.scores for f in found], found)
-
-
-def counts_at(scored: Scored, threshold: float) -> list[neuron_matching.Counts]:
-  """Per-image Counts keeping the detections with score >= threshold."""
-  return [neuron_matching.counts_from_iou(iou[s >= threshold])
-          for iou, s in zip(scored.ious, scored.scores)]
-
-
 def forward_ms_per_image(predict, samples: Sequence[neuron_evaluator.EvalSample],
                          batch_size: int, repeats: int = 3) -> float:
   """Wall-clock ms per image of the compiled network (a batch of the first samples)."""
@@ -111,42 +85,39 @@ def train_and_score(config: ml_collections.ConfigDict, workdir: str,
   ({"image", "tp", "fp", "fn", "f1"} per validation image).
   """
   start = time.time()
-  state = loop.train_and_evaluate(config, workdir, devices=devices)
+  task = tasks.build(config)
+  state = loop.train(task, workdir, devices=devices)
   train_seconds = time.time() - start
-  task = tasks.get_task(config.task)(config)
   predict = loop.make_predict_fn(task, state, mesh_lib.make_data_mesh(devices))
   size = config.eval.image_size or config.data.image_size
   batch = config.eval.batch_size
-  train = score_images([yolo_seg.eval_sample(s, size) for s in task.train_samples], predict,
-                       batch)
-  threshold, train_counts = neuron_matching.best_confidence_threshold(train.ious, train.scores)
   val_samples = [yolo_seg.eval_sample(s, size) for s in task.val_samples]
-  val = score_images(val_samples, predict, batch)
-  per_image = counts_at(val, threshold)
-  pooled = sum(per_image, neuron_matching.Counts())
+  result = neuron_evaluator.calibrate_then_score(
+      predict, [yolo_seg.eval_sample(s, size) for s in task.train_samples], val_samples, batch)
+  val, threshold, pooled = result.test, result.threshold, result.pooled
   _, oracle = neuron_matching.best_confidence_threshold(val.ious, val.scores)
   if figure_dir is not None:
-    for sample, found, counts in zip(val_samples, val.found, per_image):
-      keep = found.scores >= threshold
+    for index, (sample, counts) in enumerate(zip(val_samples, result.per_image)):
       figures.save_outline_figure(
           os.path.join(figure_dir, f"{sample.name}.png"), sample.display, sample.true_masks,
-          found.masks[keep], f"{sample.name}  conf >= {threshold:.2f}  P {counts.precision:.3f}"
-          f"  R {counts.recall:.3f}  F1 {counts.f1:.3f}")
-  return {"images": val.names, "threshold": threshold, "train_f1": train_counts.f1,
+          val.kept_masks(index, threshold), f"{sample.name}  conf >= {threshold:.2f}  "
+          f"P {counts.precision:.3f}  R {counts.recall:.3f}  F1 {counts.f1:.3f}")
+  return {"images": val.names, "threshold": threshold,
+          "train_f1": result.calibration_counts.f1,
           "tp": pooled.tp, "fp": pooled.fp, "fn": pooled.fn, "precision": pooled.precision,
           "recall": pooled.recall, "f1": pooled.f1,
           **mask_map.mask_map(val.ious, val.scores), "oracle_f1": oracle.f1,
           "train_seconds": train_seconds,
           "forward_ms_per_image": forward_ms_per_image(predict, val_samples, batch),
           "per_image": [{"image": name, "tp": c.tp, "fp": c.fp, "fn": c.fn, "f1": c.f1}
-                        for name, c in zip(val.names, per_image)]}
+                        for name, c in zip(val.names, result.per_image)]}
 
 
 def fold_config(args, fold: int) -> ml_collections.ConfigDict:
   """`configs/neuroseg3_seg.py:source=abo,fold=...` with the crop augmentation."""
   config = config_loading.load_config(
-      f"{CONFIG}:source=abo,fold={fold},num_folds={args.num_folds},steps={args.steps},"
-      f"batch_size={args.batch_size},image_size={args.image_size},eval_size={args.eval_size},"
+      f"{CONFIG}:source=abo,fold={fold},num_folds={args.num_folds},num_steps={args.steps},"
+      f"batch_size={args.batch_size},image_size={args.image_size},eval_image_size={args.eval_size},"
       f"lr={args.lr},seed={args.seed},scale={args.scale}")
   config.data.augment = crop_augment(args.image_size)
   config.eval_every = 0  # the engine's own (test-tuned) evaluation only at the end

@@ -11,15 +11,15 @@ abo_crossval.train_and_score: confidence threshold tuned on the training images,
 precision / recall / F1 on the held-out images at that threshold.
 
 Columns: params; GFLOPs per image at 640 x 640 (2 x MACs of convolutions and
-matrix products incl. DFL decoding, `models/profiling.py`, comparable to the
+matrix products incl. DFL decoding, `reference/profiling.py`, comparable to the
 paper's table) and at the evaluation size; train images/s (median of the
 engine's `examples_per_sec` records after the first, which holds the compile);
 forward ms / image at the evaluation size (network only, compiled, batch
 --eval_batch_size); precision, recall, F1 and mask mAP50 as mean and std over
 seeds. Writes WORKDIR/ablation.csv, ablation.json and ablation.png.
 
-  python experiments/architecture_ablation.py --workdir /tmp/ablation --steps 60 --seeds 1
-  python experiments/architecture_ablation.py --workdir /tmp/ablation_abo --source abo
+  python -m experiments.architecture_ablation --workdir /tmp/ablation --num_steps 60 --seeds 1
+  python -m experiments.architecture_ablation --workdir /tmp/ablation_abo --source abo
 """
 
 from __future__ import annotations
@@ -37,10 +37,10 @@ import numpy as np
 matplotlib.use("Agg")
 from matplotlib import figure as mpl_figure  # pylint: disable=g-import-not-at-top
 
-import abo_crossval  # pylint: disable=g-import-not-at-top  (experiments/ is the script dir)
+from experiments import abo_crossval  # pylint: disable=g-import-not-at-top
 from neuroseg_jax import config_loading  # pylint: disable=g-import-not-at-top
-from neuroseg_jax.models import profiling  # pylint: disable=g-import-not-at-top
 from neuroseg_jax.models import yolo_seg  # pylint: disable=g-import-not-at-top
+from neuroseg_jax.reference import profiling  # pylint: disable=g-import-not-at-top
 from neuroseg_jax.training import loop  # pylint: disable=g-import-not-at-top
 
 ROWS = (("YOLOv8s-seg", "c2f", "pan"), ("+FasterNet", "c2f_faster", "pan"),
@@ -53,13 +53,13 @@ RUN_KEYS = ("threshold", "train_f1", "tp", "fp", "fn", "precision", "recall", "f
 
 def config_arg(args, block: str, neck: str) -> str:
   """The `configs/neuroseg3_seg.py:...` argument of one row (data seed, not training seed)."""
-  common = (f"block={block},neck={neck},scale={args.scale},steps={args.steps},"
+  common = (f"block={block},neck={neck},scale={args.scale},num_steps={args.num_steps},"
             f"batch_size={args.batch_size},image_size={args.image_size},"
-            f"eval_size={args.eval_size},lr={args.lr}")
+            f"eval_image_size={args.eval_image_size},lr={args.lr}")
   if args.source == "abo":
     return f"source=abo,fold={args.fold},{common}"
-  return (f"source=simulated,seed={args.data_seed},sim_size={args.sim_size},"
-          f"sim_recordings={args.sim_recordings},sim_frames={args.sim_frames},"
+  return (f"source=simulated,seed={args.data_seed},height={args.height},width={args.width},"
+          f"num_recordings={args.num_recordings},frames={args.frames},"
           f"num_val={args.num_val},{common}")
 
 
@@ -156,19 +156,20 @@ def parse_args(argv=None):
   parser.add_argument("--source", choices=("simulated", "abo"), default="simulated")
   parser.add_argument("--seeds", type=int, default=1, help="training seeds per row")
   parser.add_argument("--rows", default="", help="comma-separated row indices (default all)")
-  parser.add_argument("--steps", type=int, default=200)
+  parser.add_argument("--num_steps", type=int, default=200)
   parser.add_argument("--batch_size", type=int, default=8)
   parser.add_argument("--image_size", type=int, default=256)
-  parser.add_argument("--eval_size", type=int, default=0, help="0: the training size "
+  parser.add_argument("--eval_image_size", type=int, default=0, help="0: the training size "
                       "(simulated); use 512 for whole ABO fields")
   parser.add_argument("--eval_batch_size", type=int, default=2)
   parser.add_argument("--lr", type=float, default=1e-3)
   parser.add_argument("--scale", default="s")
   parser.add_argument("--fold", type=int, default=0, help="ABO fold (of 5) held out")
   parser.add_argument("--data_seed", type=int, default=0, help="simulated data")
-  parser.add_argument("--sim_size", type=int, default=256)
-  parser.add_argument("--sim_recordings", type=int, default=12)
-  parser.add_argument("--sim_frames", type=int, default=200)
+  parser.add_argument("--height", type=int, default=256, help="simulated field")
+  parser.add_argument("--width", type=int, default=256, help="simulated field")
+  parser.add_argument("--num_recordings", type=int, default=12, help="simulated")
+  parser.add_argument("--frames", type=int, default=200, help="simulated, per recording")
   parser.add_argument("--num_val", type=int, default=2)
   return parser.parse_args(argv)
 

@@ -12,10 +12,9 @@ that no run trains on (demo.evaluate_held_out: mask IoU >= 0.5 matching, TP / FP
       dimmer cells, fewer photons: --sim-args) so that few steps on few labels
       do not saturate. Seed s = replicate s: simulated labeled data set
       s, unlabeled recordings 1000 + 100 s and its own TiCo run. The training seed
-      (initialisation, augmentation, drop-path) is --train-seed (default 0) for
-      every replicate: it is a constant inside the compiled train steps, so a new
-      one costs two fresh XLA compiles (~8 min on a busy 2-core CPU) per
-      replicate; --train-seed -1 uses s. Budget b = the first b of max(budgets)
+      (initialisation, augmentation, drop-path) is --train-seed (default 0, as in
+      RESULTS.md, "Label efficiency") for every replicate; --train-seed -1 uses s.
+      Budget b = the first b of max(budgets)
       training recordings; the last --held-out recordings are the test set.
   --source abo  the 10 real ABO images (../shared/data/abo275): TiCo on all 10
       images without labels plus windowed max projections of the SIMA example movie
@@ -58,11 +57,12 @@ from matplotlib import figure as mpl_figure  # pylint: disable=g-import-not-at-t
 from neuroseg_jax import demo  # pylint: disable=g-import-not-at-top
 from neuroseg_jax.data import twophoton_sim  # pylint: disable=g-import-not-at-top
 from neuroseg_jax.training import loop  # pylint: disable=g-import-not-at-top
+from neuroseg_jax import tasks
 
 SHARED_DATA = Path(__file__).resolve().parents[1].parent / "shared" / "data"
 # Harder than the demo's simulator defaults (12 cells / 10k px, brightness 0.5-1.5,
-# 30 photons per unit). A first try, 20 cells, brightness 0.3-1.0, 10 photons and
-# 0.5 px motion with 60 fine-tuning steps, left both inits at F1 0 (mAP50 0).
+# 30 photons per unit), but not so hard that short runs find nothing (the settings
+# tried: RESULTS.md, "Label efficiency").
 HARDER_SIMULATION = {"cells_per_10k_pixels": 16.0, "brightness_range": [0.4, 1.2],
                      "photons_per_unit": 20.0}
 # Native-scale TiCo views of the 487 x 487 ABO fields (5-15% of the area -> 128 px).
@@ -226,7 +226,7 @@ def finetune_and_score(args, seed: int, budget: int, init: str, tico_dir: str) -
   workdir = os.path.dirname(path)
   config = finetune_config(args, seed, budget, tico_dir if init == "tico" else "")
   start = time.time()
-  state = loop.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+  state = loop.train(tasks.build(config), workdir, devices=jax.devices()[:1])
   result = demo.evaluate_held_out(config, state, workdir)
   row = {"source": args.source, "seed": seed, "train_seed": config.seed, "budget": budget,
          "init": init, "train_images": config.data.num_train, **result,
@@ -275,7 +275,7 @@ def main(argv=None) -> list[dict]:
   os.makedirs(args.workdir, exist_ok=True)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)
-  # All runs of a seed compile the same train step (the seed is a constant in it).
+  # Runs of one model compile the same train steps: reuse them from disk.
   jax.config.update("jax_compilation_cache_dir",
                     args.cache_dir or os.path.join(args.workdir, "xla_cache"))
   meta = {"command": " ".join([sys.executable, *sys.argv]), "args": vars(args),
@@ -285,7 +285,7 @@ def main(argv=None) -> list[dict]:
     tico_dir = os.path.join(args.workdir, f"seed{seed}", "tico")
     tico_start = time.time()
     if not all(os.path.isfile(row_path(args, seed, i, b)) for i in INITS for b in args.budgets):
-      loop.train_and_evaluate(pretrain_config(args, seed), tico_dir, devices=jax.devices()[:1])
+      loop.train(tasks.build(pretrain_config(args, seed)), tico_dir, devices=jax.devices()[:1])
     print(f"seed {seed}: TiCo pre-training {time.time() - tico_start:.0f} s", flush=True)
     for budget in args.budgets:
       for init in INITS:

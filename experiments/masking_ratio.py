@@ -2,7 +2,7 @@
 
   python experiments/masking_ratio.py --config=configs/mae3d_pretrain.py:cpu --out=/tmp/mask_study
   python experiments/masking_ratio.py --config=configs/mae3d_pretrain.py:cpu,tomo --out=DIR \
-      --finetune=configs/unetr3d_finetune.py:smoke,size=mu,patch=1x8x8,crop=4x32x32
+      --finetune=configs/unetr3d_finetune.py:smoke,size=mu,patch_size=1x8x8,crop=4x32x32
 
 Each point is the config with `mask_ratio=R` appended to its argument, so it is
 also runnable alone:
@@ -33,6 +33,7 @@ from matplotlib import figure as mpl_figure
 import neuroseg_jax.tasks.mae_pretrain  # noqa: F401  (registers "mae_pretrain")
 from neuroseg_jax import config_loading
 from neuroseg_jax.training import loop
+from neuroseg_jax import tasks
 
 
 def with_args(spec: str, extra: str) -> str:
@@ -53,7 +54,7 @@ def train(spec: str, workdir: str) -> tuple[list[dict], float]:
   """Runs (or resumes, or reuses when finished) one config; returns (metrics, seconds)."""
   config = config_loading.load_config(spec)
   start = time.time()
-  loop.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+  loop.train(tasks.build(config), workdir, devices=jax.devices()[:1])
   return loop.read_metrics(workdir), time.time() - start
 
 

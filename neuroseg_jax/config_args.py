@@ -4,6 +4,15 @@
 Bare words are variants (flags set to True), `key=value` pairs override defaults.
 Values are parsed as Python literals when possible (ints, floats, bools, tuples),
 otherwise kept as strings.
+
+Naming: an argument has the name of the config field it sets (`num_steps` sets
+`num_steps`, `decoder_num_heads` sets `model.decoder_num_heads`); where that name
+alone would be ambiguous, it is prefixed by its group (`simulator_seed` sets
+`data.simulator.seed`, `eval_image_size` sets `eval.image_size`). Only variants and
+a few switches that select a setting (`source`, `flip_tta`) have no field of their
+name. Values derived from the run length are not computed here: cadences are
+fractions of `num_steps` that `training.defaults.resolve_cadence` resolves, so
+`:num_steps=N` and `--config.num_steps=N` mean the same.
 """
 
 from __future__ import annotations

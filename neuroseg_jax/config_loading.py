@@ -46,8 +46,8 @@ def check_overrides(argv: Sequence[str], flag_name: str = "config") -> None:
   specs = [a[len(prefix):] for a in argv if a.startswith(prefix)]
   overrides = [a[len(flag_name) + 3:].split("=", 1)[0] for a in argv
                if a.startswith(f"--{flag_name}.")]
-  if not specs or not overrides:
+  if not specs:
     return
-  config = load_config(specs[-1])
+  config = load_config(specs[-1])  # also fails here, in one line, on a bad config argument
   for dotted in overrides:
     check_field(config, dotted)

@@ -6,14 +6,11 @@ No training: runs are hand-made rows with known F1 values.
 import csv
 import json
 import os
-import pathlib
-import sys
 
 import numpy as np
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiments"))
-import label_efficiency  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import label_efficiency
 
 # F1 per (init, budget, seed); precision = f1 + 0.05, recall = f1 - 0.05 below.
 F1 = {("scratch", 1, 0): 0.2, ("scratch", 1, 1): 0.4, ("scratch", 1, 2): 0.3,

@@ -1,12 +1,8 @@
 """experiments/mae_interpolation_baseline.py: voxel masks, interpolation, scoring."""
 
-import pathlib
-import sys
-
 import numpy as np
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiments"))
-import mae_interpolation_baseline as baseline  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import mae_interpolation_baseline as baseline
 
 
 def test_voxel_masks_cover_whole_patches_at_the_ratio():

@@ -16,7 +16,9 @@ from neuroseg_jax.registry import UnknownNameError
 from neuroseg_jax.losses.reconstruction import (masked_reconstruction_loss, predict_the_mean_loss,
                                                 reconstruction_targets)
 from neuroseg_jax.tasks.mae_pretrain import ReconstructionEvaluator, reconstruction_outputs
+from neuroseg_jax.training import defaults
 from neuroseg_jax.training import loop
+from neuroseg_jax import tasks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -33,7 +35,8 @@ def test_reference_setting_fields():
   assert (decoder.decoder_width, decoder.decoder_depth, decoder.decoder_num_heads) == (384, 8, 16)
   assert config.loss.norm_pix and config.model.mask_ratio == 0.9
   assert config.optimizer.name == "adamw" and config.optimizer.lr == 1e-4
-  assert config.optimizer.schedule == "cosine" and config.optimizer.warmup_steps == 100_000
+  assert config.optimizer.schedule == "cosine"
+  assert defaults.resolve_cadence(config).optimizer.warmup_steps == 100_000
   assert _config("mae3d_pretrain.py", "smoke,mask_ratio=0.5").model.mask_ratio == 0.5
   config_2d = _config("mae2d_pretrain.py", "")
   assert tuple(config_2d.model.patch_size) == (16, 16) and tuple(config_2d.data.crop) == (224, 224)
@@ -41,7 +44,7 @@ def test_reference_setting_fields():
 
 def test_smoke_run_logs_losses_and_writes_a_figure(tmp_path):
   config = _config("mae3d_pretrain.py", "smoke")
-  loop.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
+  loop.train(tasks.build(config), str(tmp_path), devices=jax.devices()[:1])
   records = loop.read_metrics(str(tmp_path))
   train = [r for r in records if "train/loss" in r]
   assert [r["step"] for r in train] == [1, 2, 3]
@@ -111,7 +114,7 @@ def test_held_out_slab_along_x_and_binning():
   # smoke: simulated 8x48x48; binned 2x2x2 -> 4x24x24; the last 8 x-columns validate.
   task = tasks.get_task("mae_pretrain")(
       _config("mae3d_pretrain.py",
-              "smoke,bin=2x2x2,val_axis=2,val_slices=8,crop=2x8x8,patch=1x4x4"))
+              "smoke,bin=2x2x2,val_axis=2,val_slices=8,crop=2x8x8,patch_size=1x4x4"))
   assert task.train_volume.shape == (4, 24, 16) and task.val_volume.shape == (4, 24, 8)
   full = task.train_volume.volume[:]
   np.testing.assert_array_equal(task.val_volume[:], full[:, :, 16:])
@@ -122,16 +125,17 @@ def test_held_out_slab_along_x_and_binning():
 
 def test_low_pass_filter_applies_after_binning():
   task = tasks.get_task("mae_pretrain")(
-      _config("mae3d_pretrain.py", "smoke,bin=2x2x2,lowpass=0.5x1x1,crop=2x8x8,patch=1x4x4"))
+      _config("mae3d_pretrain.py",
+              "smoke,bin=2x2x2,lowpass_sigma=0.5x1x1,crop=2x8x8,patch_size=1x4x4"))
   filtered = task.train_volume.volume
   assert isinstance(filtered, em_volumes.GaussianFilteredVolume)
   assert filtered.sigma == (0.5, 1.0, 1.0)
   assert isinstance(filtered.volume, em_volumes.BinnedVolume)
   unfiltered = tasks.get_task("mae_pretrain")(
-      _config("mae3d_pretrain.py", "smoke,bin=2x2x2,crop=2x8x8,patch=1x4x4"))
+      _config("mae3d_pretrain.py", "smoke,bin=2x2x2,crop=2x8x8,patch_size=1x4x4"))
   assert not isinstance(unfiltered.train_volume.volume, em_volumes.GaussianFilteredVolume)
   with pytest.raises(ValueError, match="one sigma or three"):
-    _config("mae3d_pretrain.py", "smoke,lowpass=1x2")
+    _config("mae3d_pretrain.py", "smoke,lowpass_sigma=1x2")
 
 
 def test_config_errors():
@@ -141,7 +145,7 @@ def test_config_errors():
     tasks.get_task("mae_pretrain")(_config("mae3d_pretrain.py", "smoke,crop=16x16"))
   with pytest.raises(DataError, match="needs a volume path"):
     tasks.get_task("mae_pretrain")(_config("mae3d_pretrain.py", "smoke,source=file"))
-  with pytest.raises(UnknownNameError, match="valid choices: file, simulator"):
+  with pytest.raises(UnknownNameError, match="valid choices: file, mitoem, simulator, snemi3d"):
     tasks.get_task("mae_pretrain")(_config("mae3d_pretrain.py", "smoke,source=nope"))
   with pytest.raises(ValueError, match="unknown config argument 'mask'"):
     _config("mae3d_pretrain.py", "smoke,mask=0.5")

@@ -1,20 +1,17 @@
 """experiments/pretrain_vs_scratch.py: the configs it builds load, the table it writes."""
 
-import pathlib
-import sys
-
 import pytest
 
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiments"))
-import pretrain_vs_scratch as study  # pylint: disable=g-import-not-at-top,wrong-import-position
-
-from neuroseg_jax import config_loading  # pylint: disable=g-import-not-at-top,wrong-import-position
+from experiments import pretrain_vs_scratch as study
+from neuroseg_jax import config_loading
+from neuroseg_jax.training import defaults
 
 
 def test_simulator_configs_load_and_match_the_mae_encoder():
-  args = study.parse_args(["--mae_steps", "40", "--finetune_steps", "20", "--sim_zoom", "2"])
+  args = study.parse_args(["--mae_steps", "40", "--finetune_steps", "20",
+                           "--simulator_zoom", "2"])
   mae = config_loading.load_config(f"{study.MAE_CONFIG}:{study.pretrain_arg(args, 'simulator')}")
-  assert mae.num_steps == 40 and mae.optimizer.warmup_steps == 2
+  assert mae.num_steps == 40 and defaults.resolve_cadence(mae).optimizer.warmup_steps == 2
   assert mae.data.simulator.seed == 1000 and mae.data.simulator.zoom == 2.0
   for comparison in ("neurons", "mitochondria"):
     arg = study.finetune_arg(args, comparison, seed=3, pretrained="/runs/mae")

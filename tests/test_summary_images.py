@@ -1,21 +1,16 @@
 """Chunked JAX summary images against direct NumPy computations."""
 
-import pathlib
-import sys
-
 import h5py
 import numpy as np
 import pytest
 
+from experiments import benchmark_summary_images
 from neuroseg_jax.errors import DataError
 from neuroseg_jax.data.movies import open_movie
 from neuroseg_jax.data.summary_images import (compute_summary_images, stack_channels,
                                               windowed_max_projections)
 from neuroseg_jax.data.twophoton_sim import SimulationConfig, simulate_recording
 from neuroseg_jax.registry import UnknownNameError
-
-sys.path.insert(0, str(pathlib.Path(__file__).resolve().parents[1] / "experiments"))
-import benchmark_summary_images  # pylint: disable=g-import-not-at-top,wrong-import-position
 
 
 def numpy_summaries(movie, window):

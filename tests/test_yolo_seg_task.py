@@ -18,6 +18,7 @@ from neuroseg_jax import config_loading
 from neuroseg_jax.tasks.yolo_seg import split_samples
 from neuroseg_jax.training import checkpointing
 from neuroseg_jax.training import loop
+from neuroseg_jax import tasks
 
 CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "neuroseg3_seg.py"
 STEPS = 16
@@ -31,12 +32,12 @@ def smoke_run(tmp_path_factory):
   Without augmentation or drop-path and with one training image, every step sees
   the same batch, so the loss must fall.
   """
-  config = config_loading.load_config(f"{CONFIG}:smoke,steps={STEPS},num_train=1")
+  config = config_loading.load_config(f"{CONFIG}:smoke,num_steps={STEPS},num_train=1")
   config.data.augment = ""
   config.model.drop_path_rate = 0.0
   config.log_every = 1
   workdir = str(tmp_path_factory.mktemp("smoke"))
-  state = loop.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+  state = loop.train(tasks.build(config), workdir, devices=jax.devices()[:1])
   return config, workdir, state
 
 
@@ -88,7 +89,7 @@ def test_smoke_writes_neuron_metrics_checkpoint_and_figure(smoke_run):
 
 def test_finished_run_restores_instead_of_training(smoke_run):
   config, workdir, state = smoke_run
-  restored = loop.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+  restored = loop.train(tasks.build(config), workdir, devices=jax.devices()[:1])
   for a, b in zip(jax.tree.leaves(jax.device_get(state["params"])),
                   jax.tree.leaves(jax.device_get(restored["params"]))):
     np.testing.assert_array_equal(a, b)

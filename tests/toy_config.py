@@ -1,15 +1,12 @@
 """Config file for the engine's toy task, used by tests that start real processes.
 
-`python -m neuroseg_jax.main --config=tests/toy_config.py:smoke,num_steps=8 --workdir=DIR`
+`python -m neuroseg_jax.main --config=tests/toy_config.py:smoke,num_steps=8 --workdir=DIR`,
+run from the repository root (which pytest's `pythonpath` and the tests' subprocesses
+put on sys.path), so that `tests.toy_task` imports.
 """
 
-import os
-import sys
-
-sys.path.insert(0, os.path.dirname(os.path.dirname(os.path.abspath(__file__))))
-
-from neuroseg_jax import config_args  # pylint: disable=g-import-not-at-top
-from tests import toy_task  # pylint: disable=g-import-not-at-top  (registers the task)
+from neuroseg_jax import config_args
+from tests import toy_task  # registers the task
 
 
 def get_config(arg=None):
