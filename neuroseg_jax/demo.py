@@ -24,10 +24,11 @@ import tifffile
 
 from neuroseg_jax import config_loading
 from neuroseg_jax import tasks
+from neuroseg_jax.data import images
 from neuroseg_jax.data import labels
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.evaluation import figures
 from neuroseg_jax.evaluation import neuron_evaluator
-from neuroseg_jax.evaluation import neuron_matching
 from neuroseg_jax.tasks import yolo_seg
 from neuroseg_jax.training import loop
 from neuroseg_jax.training import mesh as mesh_lib
@@ -73,13 +74,15 @@ def tico_config(settings: DemoSettings, data_folder: str | None):
 
 def finetune_config(settings: DemoSettings, data_folder: str | None, pretrained: str):
   common = (f"scale={settings.scale},block={settings.block},neck={settings.neck},"
-            f"steps={settings.finetune_steps},batch_size={settings.batch_size},"
+            f"num_steps={settings.finetune_steps},batch_size={settings.batch_size},"
             f"seed={settings.seed},num_val=1,pretrained={pretrained}")
   if data_folder is None:
-    arg = (f"source=simulated,sim_size={settings.image_size},sim_frames=200,"
-           f"sim_recordings={settings.labeled_recordings},image_size={settings.image_size}")
+    arg = (f"source=simulated,height={settings.image_size},width={settings.image_size},"
+           f"frames=200,num_recordings={settings.labeled_recordings},"
+           f"image_size={settings.image_size}")
   else:
-    arg = f"source=yolo_folder,folder={data_folder},image_size={settings.image_size},eval_size=512"
+    arg = (f"source=yolo_folder,folder={data_folder},image_size={settings.image_size},"
+           "eval_image_size=512")
   config = _config("neuroseg3_seg.py", f"{arg},{common}")
   if data_folder is not None:  # native-scale crops of large fields of view
     config.data.augment = (f"resized_crop(0.05,0.1,size={settings.image_size})|flip_lr|flip_ud"
@@ -88,58 +91,64 @@ def finetune_config(settings: DemoSettings, data_folder: str | None, pretrained:
   return config
 
 
+def check_labeled_folder(folder: str) -> None:
+  """Reads every image and label of `folder` once, so bad data fails before training."""
+  examples = images.list_yolo_folder(folder)
+  if len(examples) < 2:
+    raise DataError(folder, f"the demo needs at least 2 labeled images (one is held out), "
+                    f"found {len(examples)}")
+  for _, image, label in examples:
+    images.read_yolo_example(image, label)
+
+
 def _stage(message: str) -> None:
   logging.info("== demo: %s", message)
   print(f"== {message}", flush=True)
 
 
-def evaluate_held_out(config, state, workdir: str) -> dict:
+def evaluate_held_out(task, state, workdir: str) -> dict:
   """Threshold chosen on the training images, applied to the held-out image(s)."""
-  task = tasks.get_task(config.task)(config)
-  mesh = mesh_lib.make_data_mesh(jax.devices()[:1])
-  predict = loop.make_predict_fn(task, state, mesh)
+  config = task.config
+  predict = loop.make_predict_fn(task, state, mesh_lib.make_data_mesh(jax.devices()[:1]))
   size = config.eval.image_size or config.data.image_size
-  calibration = neuron_evaluator.NeuronSegEvaluator(
-      [yolo_seg.eval_sample(s, size) for s in task.train_samples], batch_size=1)
-  threshold = dict(calibration.run(predict))["val/best_conf_threshold"]
   held_out = [yolo_seg.eval_sample(s, size) for s in task.val_samples]
-  found = list(neuron_evaluator.NeuronSegEvaluator(held_out, batch_size=1).detect(predict))
-  counts = neuron_matching.Counts()
-  for sample, instances in zip(held_out, found):
-    masks = instances.masks[instances.scores >= threshold]
-    counts = counts + neuron_matching.counts_from_iou(
-        neuron_matching.mask_iou_matrix(masks, sample.true_masks))
+  result = neuron_evaluator.calibrate_then_score(
+      predict, [yolo_seg.eval_sample(s, size) for s in task.train_samples], held_out,
+      batch_size=1)
+  threshold, counts = result.threshold, result.pooled
   # Figures and label image of the first held-out recording.
-  sample, instances = held_out[0], found[0]
-  masks = instances.masks[instances.scores >= threshold]
+  sample, masks = held_out[0], result.test.kept_masks(0, threshold)
   figures.save_outline_figure(
       os.path.join(workdir, "heldout_overlay.png"), sample.display, sample.true_masks, masks,
       f"{sample.name}: P={counts.precision:.2f} R={counts.recall:.2f} F1={counts.f1:.2f}")
-  # labels.masks_to_instance_image fails on zero masks (reshape of an empty array).
-  instance_image = (labels.masks_to_instance_image(masks) if len(masks)
-                    else np.zeros(sample.true_masks.shape[1:], np.int32))
+  instance_image = labels.masks_to_instance_image(masks)
   tifffile.imwrite(os.path.join(workdir, "heldout_masks.tif"), instance_image.astype(np.uint16))
-  return {"held_out": [s.name for s in held_out], "conf_threshold": threshold,
+  return {"held_out": result.test.names, "conf_threshold": threshold,
           "true_neurons": counts.tp + counts.fn, "predicted_neurons": counts.tp + counts.fp,
           "tp": counts.tp, "fp": counts.fp, "fn": counts.fn, "precision": counts.precision,
           "recall": counts.recall, "f1": counts.f1}
 
 
 def run_demo(workdir: str, data_folder: str | None = None,
-             settings: DemoSettings | None = None) -> dict:
-  """Runs pre-training, fine-tuning and held-out evaluation; returns results.json's content."""
+             settings: DemoSettings | None = None, overwrite: bool = False) -> dict:
+  """Runs pre-training, fine-tuning and held-out evaluation; returns results.json's content.
+
+  A `workdir` holding a demo of other data or settings is refused unless `overwrite`.
+  """
   settings = settings or DemoSettings()
+  if data_folder is not None:
+    check_labeled_folder(data_folder)
   os.makedirs(workdir, exist_ok=True)
   start = time.time()
   source = "the built-in simulator" if data_folder is None else data_folder
   _stage(f"TiCo pre-training of the encoder on unlabeled images from {source}")
   tico_dir = os.path.join(workdir, "tico")
-  loop.train_and_evaluate(tico_config(settings, data_folder), tico_dir)
+  loop.train(tasks.build(tico_config(settings, data_folder)), tico_dir, overwrite=overwrite)
   _stage("fine-tuning the segmentation network from the pre-trained encoder")
-  config = finetune_config(settings, data_folder, tico_dir)
-  state = loop.train_and_evaluate(config, os.path.join(workdir, "finetune"))
+  task = tasks.build(finetune_config(settings, data_folder, tico_dir))
+  state = loop.train(task, os.path.join(workdir, "finetune"), overwrite=overwrite)
   _stage("segmenting the held-out recording")
-  results = evaluate_held_out(config, state, workdir)
+  results = evaluate_held_out(task, state, workdir)
   results.update(data=source, settings=dataclasses.asdict(settings),
                  seconds=round(time.time() - start, 1))
   with open(os.path.join(workdir, "results.json"), "w") as f:

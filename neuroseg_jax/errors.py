@@ -20,3 +20,7 @@ class DataError(UserError, ValueError):
     self.source = str(source)
     self.problem = problem
     super().__init__(f"{self.source}: {problem}")
+
+
+class ConfigError(UserError, ValueError):
+  """A config file, config argument or override is unknown or malformed."""

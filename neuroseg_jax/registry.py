@@ -4,10 +4,12 @@ from __future__ import annotations
 
 from typing import Callable, Generic, Iterator, TypeVar
 
+from neuroseg_jax.errors import UserError
+
 T = TypeVar("T")
 
 
-class UnknownNameError(KeyError):
+class UnknownNameError(UserError, KeyError):
   """A config named something no registry entry answers to."""
 
   def __str__(self) -> str:  # KeyError quotes its message; keep it readable.

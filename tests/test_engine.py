@@ -13,6 +13,7 @@ from neuroseg_jax import registry
 from neuroseg_jax.training import checkpointing
 from neuroseg_jax.training import loop
 from neuroseg_jax.training import mesh as mesh_lib
+from neuroseg_jax import tasks
 
 CPU = jax.devices("cpu")
 
@@ -30,12 +31,12 @@ def test_eight_devices_match_one_device(tmp_path):
   assert len(CPU) == 8, "conftest sets 8 CPU devices"
   config = toy_task.toy_config(num_steps=1, log_every=1, checkpoint_every=1,
                                **{"optimizer.warmup_steps": 0})
-  one = loop.train_and_evaluate(config, str(tmp_path / "one"), devices=CPU[:1])
+  one = loop.train(tasks.build(config), str(tmp_path / "one"), devices=CPU[:1])
   init = toy_task.toy_config(num_steps=1, **{"optimizer.lr": 0.0})
-  untrained = loop.train_and_evaluate(init, str(tmp_path / "untrained"), devices=CPU[:1])
+  untrained = loop.train(tasks.build(init), str(tmp_path / "untrained"), devices=CPU[:1])
   assert np.max(np.abs(_params(one)["Dense_1"]["kernel"]
                        - _params(untrained)["Dense_1"]["kernel"])) > 1e-3, "the step moved"
-  eight = loop.train_and_evaluate(config, str(tmp_path / "eight"), devices=CPU)
+  eight = loop.train(tasks.build(config), str(tmp_path / "eight"), devices=CPU)
   loss_one = loop.read_metrics(str(tmp_path / "one"))[0]["train/loss"]
   loss_eight = loop.read_metrics(str(tmp_path / "eight"))[0]["train/loss"]
   assert abs(loss_one - loss_eight) < 1e-5
@@ -48,8 +49,8 @@ def test_eight_devices_match_one_device(tmp_path):
 
 def test_same_seed_same_losses_bit_for_bit(tmp_path):
   config = toy_task.toy_config(num_steps=4, log_every=1)
-  loop.train_and_evaluate(config, str(tmp_path / "a"), devices=CPU[:1])
-  loop.train_and_evaluate(config, str(tmp_path / "b"), devices=CPU[:1])
+  loop.train(tasks.build(config), str(tmp_path / "a"), devices=CPU[:1])
+  loop.train(tasks.build(config), str(tmp_path / "b"), devices=CPU[:1])
   losses = lambda d: [r["train/loss"] for r in loop.read_metrics(str(tmp_path / d))
                       if "train/loss" in r]
   assert losses("a") == losses("b") and len(losses("a")) == 4
@@ -57,7 +58,7 @@ def test_same_seed_same_losses_bit_for_bit(tmp_path):
 
 def test_metrics_jsonl_has_train_and_eval_records(tmp_path):
   config = toy_task.toy_config(num_steps=4, log_every=2, eval_every=2)
-  loop.train_and_evaluate(config, str(tmp_path), devices=CPU[:2])
+  loop.train(tasks.build(config), str(tmp_path), devices=CPU[:2])
   records = loop.read_metrics(str(tmp_path))
   train = [r for r in records if "train/loss" in r]
   evals = [r for r in records if "val/mse" in r]
@@ -72,25 +73,26 @@ def test_metrics_jsonl_has_train_and_eval_records(tmp_path):
 
 def test_resume_continues_instead_of_restarting(tmp_path):
   config = toy_task.toy_config(num_steps=6, checkpoint_every=2, log_every=2)
-  straight = loop.train_and_evaluate(config, str(tmp_path / "straight"), devices=CPU[:1])
+  straight = loop.train(tasks.build(config), str(tmp_path / "straight"), devices=CPU[:1])
   # Leave only the step-4 checkpoint, as a run killed after step 4 would.
   workdir = str(tmp_path / "resumed")
-  loop.train_and_evaluate(config, workdir, devices=CPU[:1])
+  loop.train(tasks.build(config), workdir, devices=CPU[:1])
   ckpt = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"))
   assert ckpt.all_steps()[-1] == 6
   ckpt.close()
   import shutil
   shutil.rmtree(os.path.join(workdir, "checkpoints", "6"))
-  resumed = loop.train_and_evaluate(config, workdir, devices=CPU[:1])
-  steps = [r["step"] for r in loop.read_metrics(workdir) if "train/loss" in r]
-  assert steps == [2, 4, 6, 6], "second call resumed at step 4 and logged only step 6"
+  resumed = loop.train(tasks.build(config), workdir, devices=CPU[:1])
+  records = [r for r in loop.read_metrics(workdir) if "train/loss" in r]
+  assert [r["step"] for r in records] == [2, 4, 6], "resumed at 4; step 6 logged once"
+  assert records[2]["wall_time"] > records[1]["wall_time"]
   assert int(resumed["step"]) == 6
   _assert_trees_close(_params(straight), _params(resumed), atol=0)
 
 
 def test_checkpoint_from_eight_devices_restores_on_one(tmp_path):
   config = toy_task.toy_config(num_steps=2, checkpoint_every=2)
-  eight = loop.train_and_evaluate(config, str(tmp_path), devices=CPU)
+  eight = loop.train(tasks.build(config), str(tmp_path), devices=CPU)
   mesh_one = mesh_lib.make_data_mesh(CPU[:1])
   shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), eight)
   abstract = checkpointing.abstract_with_shardings(
@@ -105,15 +107,15 @@ def test_checkpoint_from_eight_devices_restores_on_one(tmp_path):
   more = toy_task.toy_config(num_steps=3, checkpoint_every=10)
   import shutil
   shutil.copytree(tmp_path, tmp_path.parent / "copy")
-  on_one = loop.train_and_evaluate(more, str(tmp_path), devices=CPU[:1])
-  on_eight = loop.train_and_evaluate(more, str(tmp_path.parent / "copy"), devices=CPU)
+  on_one = loop.train(tasks.build(more), str(tmp_path), devices=CPU[:1])
+  on_eight = loop.train(tasks.build(more), str(tmp_path.parent / "copy"), devices=CPU)
   _assert_trees_close(_params(on_one), _params(on_eight), atol=1e-5)
 
 
 def test_non_finite_loss_stops_with_step(tmp_path):
   config = toy_task.toy_config(num_steps=6, **{"model.nan_at_step": 3})
   with pytest.raises(loop.NonFiniteError, match=r"step 4: non-finite loss=nan"):
-    loop.train_and_evaluate(config, str(tmp_path), devices=CPU[:1])
+    loop.train(tasks.build(config), str(tmp_path), devices=CPU[:1])
   ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"))
   assert ckpt.all_steps() == [2], "no checkpoint is written after the bad step"
   ckpt.close()
@@ -122,10 +124,10 @@ def test_non_finite_loss_stops_with_step(tmp_path):
 def test_unknown_task_and_model_names_list_choices(tmp_path):
   with pytest.raises(registry.UnknownNameError, match="unknown task 'toy_regresion'.*"
                      "toy_regression"):
-    loop.train_and_evaluate(toy_task.toy_config(task="toy_regresion"), str(tmp_path))
+    loop.train(tasks.build(toy_task.toy_config(task="toy_regresion")), str(tmp_path))
   with pytest.raises(registry.UnknownNameError, match="unknown toy model 'mpl'; valid "
                      "choices: mlp"):
-    loop.train_and_evaluate(toy_task.toy_config(**{"model.name": "mpl"}), str(tmp_path))
+    loop.train(tasks.build(toy_task.toy_config(**{"model.name": "mpl"})), str(tmp_path))
 
 
 def test_config_typos_name_the_field():
@@ -147,8 +149,8 @@ def test_gradient_accumulation_matches_full_batch(tmp_path):
   common = {"optimizer.warmup_steps": 0, "model.batch_norm": False, "model.dropout": 0.0}
   full = toy_task.toy_config(num_steps=2, **common)
   accum = toy_task.toy_config(num_steps=2, grad_accum_steps=2, **common)
-  a = _params(loop.train_and_evaluate(full, str(tmp_path / "full"), devices=CPU[:2]))
-  b = _params(loop.train_and_evaluate(accum, str(tmp_path / "accum"), devices=CPU[:2]))
+  a = _params(loop.train(tasks.build(full), str(tmp_path / "full"), devices=CPU[:2]))
+  b = _params(loop.train(tasks.build(accum), str(tmp_path / "accum"), devices=CPU[:2]))
   _assert_trees_close(a, b, atol=1e-6)
   losses = [[r["train/loss"] for r in loop.read_metrics(str(tmp_path / d)) if "train/loss" in r]
             for d in ("full", "accum")]

@@ -9,7 +9,7 @@ import pytest
 
 from neuroseg_jax import config_loading
 from neuroseg_jax import tasks
-from neuroseg_jax.data import pipeline
+from neuroseg_jax.training import input_pipeline
 from neuroseg_jax.losses import tico as tico_loss
 from neuroseg_jax.models.tico import build_tico_encoder, head_dims
 from neuroseg_jax.models.yolo_seg import build_yolo_seg
@@ -102,19 +102,19 @@ def _task(arg=""):
 
 
 def _batch(task, size):
-  examples = [task.make_example(p, pipeline.example_rng(0, p)) for p in range(size)]
+  examples = [task.make_example(p, input_pipeline.example_rng(0, p)) for p in range(size)]
   return {k: np.stack([e[k] for e in examples]) for k in examples[0]}
 
 
 def test_examples_are_two_views_of_one_image_with_replicated_channels():
   config, task = _task()
-  example = task.make_example(3, pipeline.example_rng(0, 3))
+  example = task.make_example(3, input_pipeline.example_rng(0, 3))
   assert sorted(example) == ["view1", "view2"]
   for view in example.values():
     assert view.shape == (64, 64, 3) and view.dtype == np.float32
     np.testing.assert_array_equal(view[..., 0], view[..., 2])
   assert not np.allclose(example["view1"], example["view2"])
-  again = task.make_example(3, pipeline.example_rng(0, 3))
+  again = task.make_example(3, input_pipeline.example_rng(0, 3))
   np.testing.assert_array_equal(again["view1"], example["view1"])
   # One epoch of positions visits every image once.
   assert sorted(task.image_index(p) for p in range(len(task.images))) == list(
@@ -156,7 +156,7 @@ def trained(tmp_path_factory):
   """40 smoke steps on simulated recordings (lr 1e-4), checkpoint at the end."""
   config = config_loading.load_config(f"{SMOKE},num_steps=40")
   workdir = str(tmp_path_factory.mktemp("tico"))
-  state = loop.train_and_evaluate(config, workdir, devices=jax.devices()[:1])
+  state = loop.train(tasks.build(config), workdir, devices=jax.devices()[:1])
   return config, workdir, state
 
 

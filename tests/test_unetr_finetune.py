@@ -39,7 +39,7 @@ def _numpy_variables(init, *args):
 
 def test_smoke_config_trains_and_evaluates(tmp_path):
   config = _config("smoke")
-  loop.train_and_evaluate(config, str(tmp_path), devices=jax.devices()[:1])
+  loop.train(tasks.build(config), str(tmp_path), devices=jax.devices()[:1])
   records = loop.read_metrics(str(tmp_path))
   train = [r for r in records if "train/loss" in r]
   assert [r["step"] for r in train] == [1, 2, 3]
@@ -124,7 +124,7 @@ def _write_volume(tmp_path, depth=20, size=24):
 
 def _file_task(tmp_path, **extra):
   args = "".join(f",{k}={v}" for k, v in extra.items())
-  config = _config(f"smoke,source=files,path={tmp_path / 'raw.tif'},"
+  config = _config(f"smoke,source=file,path={tmp_path / 'raw.tif'},"
                    f"labels_path={tmp_path / 'labels.tif'},split_z=16{args}")
   config.data.augment = False
   task = tasks.get_task(config.task)(config)

@@ -14,7 +14,7 @@ import numpy as np
 
 from neuroseg_jax import tasks
 from neuroseg_jax.registry import Registry
-from neuroseg_jax.tasks import base
+from neuroseg_jax.training.task import Task
 from neuroseg_jax.training import defaults
 
 TOY_MODELS = Registry("toy model")
@@ -37,7 +37,7 @@ class ToyMLP(nn.Module):
 
 
 @tasks.TASKS.register("toy_regression")
-class ToyRegression(base.Task):
+class ToyRegression(Task):
   """Fits y = sum(sin(x)) with a small MLP; optional NaN injection for tests."""
 
   def __init__(self, config):

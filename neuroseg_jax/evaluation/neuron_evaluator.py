@@ -1,20 +1,21 @@
-"""Validation of NeuroSeg-III: neuron P / R / F1, mask mAP and the best confidence.
+"""Validation of NeuroSeg-III: neuron P / R / F1, mask mAP and the confidence threshold.
 
-`NeuronSegEvaluator.run(predict_fn)` (the Evaluator protocol of `tasks/base.py`):
-  1. runs predict_fn on fixed-size batches of the letterboxed validation images
-     (the last batch padded by repeating its last image, so a jitted predict_fn
-     compiles once) and post-processes at a low confidence (`settings`);
-  2. per image, computes the mask IoU of every detection with every true neuron
-     (original resolution);
-  3. sweeps confidence thresholds for the pooled F1 (`best_conf_threshold`), reads
-     mAP50 / mAP50-95 from all detections, and reports precision / recall / F1 at
-     `conf_threshold` (a threshold fixed beforehand, e.g. tuned on a separate
-     validation split) or, when that is None, at the best threshold of this very
-     set (then an optimistic number: the threshold was tuned on it);
-  4. optionally writes one outline figure per image to `figure_dir`.
-Yields (name, value) pairs named "<prefix>/precision", "<prefix>/recall",
-"<prefix>/f1", "<prefix>/map50", "<prefix>/map50_95", "<prefix>/best_conf_threshold",
-"<prefix>/best_f1".
+One procedure serves the engine's evaluator, the demo and the studies:
+  1. `match_detections`: run predict_fn on fixed-size batches of letterboxed
+     images (the last batch padded by repeating its last image, so a jitted
+     predict_fn compiles once), post-process at a low confidence, and compute the
+     mask IoU of every detection with every true neuron (original resolution);
+  2. `calibrate_then_score`: choose the confidence threshold that maximises the
+     pooled F1 on calibration images (e.g. the training images: no test image
+     is looked at), then count TP / FP / FN on the test images at that threshold
+     (IoU >= 0.5, one-to-one Hungarian matching).
+`NeuronSegEvaluator.run(predict_fn)` (the Evaluator protocol of `training/task.py`)
+reports precision / recall / F1 at a threshold from calibration samples, a fixed
+`conf_threshold`, or, when neither is given, the best threshold of the
+evaluated set itself (optimistic: tuned on it); plus mAP50 / mAP50-95 and
+optional outline figures. It yields "<prefix>/precision", "<prefix>/recall",
+"<prefix>/f1", "<prefix>/map50", "<prefix>/map50_95", "<prefix>/conf_threshold",
+"<prefix>/best_conf_threshold", "<prefix>/best_f1".
 """
 
 from __future__ import annotations
@@ -60,11 +61,84 @@ class EvalSample:
 
 
 @dataclasses.dataclass
-class _Scored:
-  """What is kept per image: IoU [Np, Nt], scores [Np], masks [Np, H*W] sparse."""
-  iou: np.ndarray
-  scores: np.ndarray
-  masks: sparse.csr_matrix | None
+class Detections:
+  """Detections of a set of images, matched to the truth.
+
+  names: image names. ious: per image [Np, Nt] mask IoU with the true neurons.
+  scores: per image [Np] confidences. masks: per image [Np, H*W] sparse rows
+  (a thousand low-confidence 512 px masks would take 250 MB dense).
+  sizes: per image (H, W), the original resolution.
+  """
+  names: list[str]
+  ious: list[np.ndarray]
+  scores: list[np.ndarray]
+  masks: list[sparse.csr_matrix]
+  sizes: list[tuple[int, int]]
+
+  def kept_masks(self, index: int, threshold: float) -> np.ndarray:
+    """[Nk, H, W] bool masks of image `index` with score >= threshold."""
+    rows = self.masks[index][np.flatnonzero(self.scores[index] >= threshold)]
+    return rows.toarray().reshape(-1, *self.sizes[index]) > 0
+
+  def counts_at(self, threshold: float) -> list[neuron_matching.Counts]:
+    """Per-image counts keeping the detections with score >= threshold."""
+    return [neuron_matching.counts_from_iou(iou[s >= threshold])
+            for iou, s in zip(self.ious, self.scores)]
+
+
+@dataclasses.dataclass
+class CalibratedScore:
+  """Test-set counts at the threshold chosen on calibration images."""
+  threshold: float
+  calibration_counts: neuron_matching.Counts
+  test: Detections
+  per_image: list[neuron_matching.Counts]
+
+  @property
+  def pooled(self) -> neuron_matching.Counts:
+    return sum(self.per_image, neuron_matching.Counts())
+
+
+def detect(samples: Sequence[EvalSample], predict_fn: Callable[[dict], dict], batch_size: int,
+           settings: post.PostprocessSettings = EVAL_SETTINGS) -> Iterator[post.Instances]:
+  """Post-processed detections of every sample, in order."""
+  for start in range(0, len(samples), batch_size):
+    chunk = samples[start:start + batch_size]
+    images = [s.image for s in chunk]
+    images += [images[-1]] * (batch_size - len(chunk))
+    outputs = predict_fn({"image": np.stack(images).astype(np.float32)})
+    yield from post.postprocess_batch(outputs, [s.original_hw for s in chunk],
+                                      [s.letterbox for s in chunk], settings)
+
+
+def match_detections(samples: Sequence[EvalSample], predict_fn: Callable[[dict], dict],
+                     batch_size: int,
+                     settings: post.PostprocessSettings = EVAL_SETTINGS) -> Detections:
+  """Detects on `samples` at low confidence and matches every detection to the truth."""
+  _check_samples(samples)
+  detections = Detections([], [], [], [], [])
+  for sample, found in zip(samples, detect(samples, predict_fn, batch_size, settings)):
+    detections.names.append(sample.name)
+    detections.ious.append(neuron_matching.mask_iou_matrix(found.masks, sample.true_masks))
+    detections.scores.append(found.scores)
+    detections.masks.append(neuron_matching.sparse_rows(found.masks))
+    detections.sizes.append(sample.original_hw)
+  return detections
+
+
+def calibrate_then_score(predict_fn: Callable[[dict], dict],
+                         calibration: Sequence[EvalSample] | Detections,
+                         test: Sequence[EvalSample], batch_size: int,
+                         thresholds: Sequence[float] = neuron_matching.DEFAULT_THRESHOLDS
+                         ) -> CalibratedScore:
+  """Chooses the confidence threshold on `calibration`, then scores `test` with it."""
+  if not isinstance(calibration, Detections):
+    calibration = match_detections(calibration, predict_fn, batch_size)
+  threshold, calibration_counts = neuron_matching.best_confidence_threshold(
+      calibration.ious, calibration.scores, thresholds)
+  detections = match_detections(test, predict_fn, batch_size)
+  return CalibratedScore(threshold, calibration_counts, detections,
+                         detections.counts_at(threshold))
 
 
 def _check_samples(samples: Sequence[EvalSample]) -> None:
@@ -89,9 +163,13 @@ class NeuronSegEvaluator:
                settings: post.PostprocessSettings = EVAL_SETTINGS, batch_size: int = 4,
                conf_threshold: float | None = None, prefix: str = "val",
                figure_dir: str | os.PathLike | None = None,
-               thresholds: Sequence[float] = neuron_matching.DEFAULT_THRESHOLDS):
+               thresholds: Sequence[float] = neuron_matching.DEFAULT_THRESHOLDS,
+               calibration_samples: Sequence[EvalSample] = ()):
     _check_samples(samples)
+    if calibration_samples and conf_threshold is not None:
+      raise ValueError("give either calibration_samples or conf_threshold, not both")
     self.samples = list(samples)
+    self.calibration_samples = list(calibration_samples)
     self.settings = settings
     self.batch_size = batch_size
     self.conf_threshold = conf_threshold
@@ -99,44 +177,33 @@ class NeuronSegEvaluator:
     self.figure_dir = figure_dir
     self.thresholds = thresholds
 
-  def detect(self, predict_fn: Callable[[dict], dict]) -> Iterator[post.Instances]:
-    """Post-processed detections of every sample, in order (low confidence)."""
-    for start in range(0, len(self.samples), self.batch_size):
-      chunk = self.samples[start:start + self.batch_size]
-      images = [s.image for s in chunk]
-      images += [images[-1]] * (self.batch_size - len(chunk))
-      outputs = predict_fn({"image": np.stack(images).astype(np.float32)})
-      yield from post.postprocess_batch(outputs, [s.original_hw for s in chunk],
-                                        [s.letterbox for s in chunk], self.settings)
-
   def run(self, predict_fn: Callable[[dict], dict]) -> Iterator[tuple[str, float]]:
     """predict_fn({"image": [B, S, S, C]}) -> head outputs; yields (name, value)."""
-    scored = []
-    for sample, found in zip(self.samples, self.detect(predict_fn)):
-      scored.append(_Scored(
-          neuron_matching.mask_iou_matrix(found.masks, sample.true_masks), found.scores,
-          neuron_matching.sparse_rows(found.masks) if self.figure_dir is not None else None))
-    ious = [s.iou for s in scored]
-    scores = [s.scores for s in scored]
+    detections = match_detections(self.samples, predict_fn, self.batch_size, self.settings)
     best_threshold, best_counts = neuron_matching.best_confidence_threshold(
-        ious, scores, self.thresholds)
-    threshold = best_threshold if self.conf_threshold is None else self.conf_threshold
-    counts = neuron_matching.pooled_counts([s.iou[s.scores >= threshold] for s in scored])
-    average_precision = mask_map.mask_map(ious, scores, self.settings.max_detections)
+        detections.ious, detections.scores, self.thresholds)
+    if self.calibration_samples:
+      calibration = match_detections(self.calibration_samples, predict_fn, self.batch_size,
+                                     self.settings)
+      threshold, _ = neuron_matching.best_confidence_threshold(
+          calibration.ious, calibration.scores, self.thresholds)
+    else:
+      threshold = best_threshold if self.conf_threshold is None else self.conf_threshold
+    counts = sum(detections.counts_at(threshold), neuron_matching.Counts())
+    average_precision = mask_map.mask_map(detections.ious, detections.scores,
+                                          self.settings.max_detections)
     if self.figure_dir is not None:
-      self._write_figures(scored, threshold)
+      self._write_figures(detections, threshold)
     values = {"precision": counts.precision, "recall": counts.recall, "f1": counts.f1,
               "map50": average_precision["map50"],
-              "map50_95": average_precision["map50_95"],
+              "map50_95": average_precision["map50_95"], "conf_threshold": threshold,
               "best_conf_threshold": best_threshold, "best_f1": best_counts.f1}
     for name, value in values.items():
       yield f"{self.prefix}/{name}", float(value)
 
-  def _write_figures(self, scored: Sequence[_Scored], threshold: float) -> None:
-    for sample, result in zip(self.samples, scored):
-      keep = result.scores >= threshold
-      pred_masks = result.masks[np.flatnonzero(keep)].toarray().reshape(-1, *sample.original_hw)
-      counts = neuron_matching.counts_from_iou(result.iou[keep])
+  def _write_figures(self, detections: Detections, threshold: float) -> None:
+    for index, (sample, counts) in enumerate(zip(self.samples,
+                                                 detections.counts_at(threshold))):
       display = sample.display
       if display is None:
         display = post.unletterbox_image(sample.image[..., 0], sample.letterbox,
@@ -144,4 +211,5 @@ class NeuronSegEvaluator:
       caption = (f"{sample.name}  conf >= {threshold:.2f}  P {counts.precision:.3f}  "
                  f"R {counts.recall:.3f}  F1 {counts.f1:.3f}")
       figures.save_outline_figure(os.path.join(self.figure_dir, f"{sample.name}.png"), display,
-                                  sample.true_masks, pred_masks > 0, caption)
+                                  sample.true_masks, detections.kept_masks(index, threshold),
+                                  caption)

@@ -17,3 +17,8 @@ def get_task(name: str):
   for module in _TASK_MODULES:
     importlib.import_module(module)
   return TASKS.get(name)
+
+
+def build(config):
+  """The task `config.task` names, built from `config` (what entry points hand the engine)."""
+  return get_task(config.task)(config)

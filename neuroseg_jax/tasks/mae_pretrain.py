@@ -1,7 +1,8 @@
 """Masked-autoencoder self-pre-training of a ViT on an unlabeled EM volume ("mae_pretrain").
 
-Data: one [D, H, W] volume from `SOURCES` (`data.source`: the EM simulator's raw
-volume, or any TIFF stack / HDF5 dataset / slice folder at `data.path`), mean-pooled
+Data: the raw [D, H, W] volume of `em_sources.EM_SOURCES` (`data.source`: the EM
+simulator, SNEMI3D or MitoEM layouts at `data.path`, or "file": any TIFF stack /
+HDF5 dataset (`data.key`) / slice folder at `data.path`), mean-pooled
 by `data.bin` (z, y, x) factors when they are not all 1 (`em_volumes.BinnedVolume`),
 then low-pass filtered by a Gaussian of `data.lowpass_sigma` (z, y, x voxels) when it
 is not all 0 (`em_volumes.GaussianFilteredVolume`; for noise-dominated tomograms).
@@ -12,13 +13,11 @@ of `data.crop` ((d, h, w) for a 3D ViT, (h, w) for a 2D one, taken from single
 slices) are scaled to about [0, 1] by the volume's 0.5 / 99.5 intensity
 percentiles, augmented (`data.augment`: flips, in-plane
 rot90, contrast / brightness / gamma jitter), then standardised with the mean and
-standard deviation of the scaled volume (`em_volumes.intensity_stats`), as MAE
+standard deviation of the scaled volume (`intensity.standardize`), as MAE
 standardises ImageNet pixels. Fine-tuning should feed its encoder the same way.
 (Unstandardised [0, 1] crops carry little variance next to the unit-amplitude
-position embedding. In a check where every masked patch could be copied from a
-z-neighbour, unstandardised training stayed at the predict-the-mean loss for 300
-steps at lr 1e-3 and 500 steps at 3e-3; standardised, it left it after ~400 steps
-at 1e-3 and reached half the baseline by step 1000.)
+position embedding, and an MAE trained on them is slow to leave the
+predict-the-mean loss: RESULTS.md, "MAE pre-training on EM volumes".)
 
 Model: `models.mae.MAE` with a ViTEncoder of `model.size` and `model.patch_size`
 (its params["encoder"] is what UNETR fine-tuning loads), a decoder of
@@ -46,31 +45,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from neuroseg_jax import tasks
-from neuroseg_jax.data import em_simulator, em_volumes, volume_crops
+from neuroseg_jax.data import em_sources, em_volumes, intensity, volume_crops
 from neuroseg_jax.errors import DataError
 from neuroseg_jax.evaluation import reconstruction_figures
 from neuroseg_jax.losses import reconstruction
 from neuroseg_jax.models import mae as mae_lib
 from neuroseg_jax.models import vit
-from neuroseg_jax.registry import Registry
-from neuroseg_jax.tasks import base
-
-SOURCES: Registry = Registry("unlabeled volume source")
-
-
-@SOURCES.register("simulator")
-def _simulated_volume(data):
-  params = em_simulator.EMSimulationParams().zoomed(data.simulator.zoom)
-  return em_simulator.simulate_em_volume(tuple(data.simulator.shape), data.simulator.seed,
-                                         params).raw
-
-
-@SOURCES.register("file")
-def _file_volume(data):
-  if not data.path:
-    raise DataError("data.path", "source 'file' needs a volume path (TIFF, HDF5 or slice folder)")
-  return em_volumes.open_volume(data.path, data.key or None)
-
+from neuroseg_jax.training.task import Task
 
 def build_mae(config) -> mae_lib.MAE:
   """MAE from `config.model` (and `config.compute_dtype`)."""
@@ -129,7 +110,7 @@ class ReconstructionEvaluator:
 
 
 @tasks.TASKS.register("mae_pretrain")
-class MAEPretrain(base.Task):
+class MAEPretrain(Task):
   """Random crops of one volume, MAE forward on visible tokens, masked-patch MSE."""
 
   def __init__(self, config):
@@ -142,7 +123,9 @@ class MAEPretrain(base.Task):
       raise DataError("data.crop", f"crop {self.crop} and patch size {self.patch_size} "
                       "must both be 3-D (d, h, w) or 2-D (h, w)")
     vit.token_grid_shape(self.crop, self.patch_size)  # DataError unless tileable
-    volume = SOURCES.get(data.source)(data)
+    volume = em_sources.open_source(data.source, em_sources.SourceSpec(
+        path=data.path, key=data.key, simulator_shape=tuple(data.simulator.shape),
+        simulator_seed=data.simulator.seed, simulator_zoom=data.simulator.zoom)).raw
     if tuple(data.bin) != (1, 1, 1):
       volume = em_volumes.BinnedVolume(volume, data.bin)
     if any(data.lowpass_sigma):
@@ -154,7 +137,7 @@ class MAEPretrain(base.Task):
     self.train_volume = em_volumes.AxisRange(volume, 0, split, axis)
     self.val_volume = (em_volumes.AxisRange(volume, split, size, axis) if data.val_slices
                        else self.train_volume)
-    self.stats = em_volumes.intensity_stats(volume)
+    self.stats = intensity.intensity_stats(volume)
     self.augmentation = volume_crops.CropAugmentation(
         flips=data.augment.flips, rot90=data.augment.rot90,
         contrast=tuple(data.augment.contrast), brightness=tuple(data.augment.brightness),
@@ -165,10 +148,9 @@ class MAEPretrain(base.Task):
 
   def _crop(self, volume, rng, augmentation=None) -> np.ndarray:
     """[*crop, 1] float32 crop, standardised: about zero mean and unit variance over the volume."""
-    stats = self.stats
     crop = volume_crops.random_crop(volume, self.crop, rng, augmentation=augmentation,
-                                    intensity_range=(stats.low, stats.high))
-    return ((crop.raw - stats.mean) / stats.std)[..., None]
+                                    intensity=self.stats)
+    return crop.raw[..., None]
 
   def make_example(self, position, rng):
     """{"image": [*crop, 1] float32}."""

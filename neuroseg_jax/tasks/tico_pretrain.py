@@ -41,7 +41,7 @@ from neuroseg_jax.data import transforms2d, unlabeled_images
 from neuroseg_jax.data.summary_images import CHANNEL_NORMALIZERS
 from neuroseg_jax.losses import tico as tico_lib
 from neuroseg_jax.models.tico import build_tico_encoder, head_dims
-from neuroseg_jax.tasks import base
+from neuroseg_jax.training.task import Task
 
 
 def _fit(image: np.ndarray, size: int) -> np.ndarray:
@@ -52,7 +52,7 @@ def _fit(image: np.ndarray, size: int) -> np.ndarray:
 
 
 @tasks.TASKS.register("tico_pretrain")
-class TiCoPretrain(base.Task):
+class TiCoPretrain(Task):
   """Two views per unlabeled image, online vs momentum branch, TiCo loss."""
 
   def __init__(self, config):

@@ -1,7 +1,8 @@
 """UNETR fine-tuning for 3D instance segmentation ("unetr_finetune").
 
-Data: one labeled volume (raw + instance labels, [D, H, W] z-y-x) from `SOURCES`
-(`data.source`: the EM simulator, SNEMI3D or MitoEM layouts, any TIFF/HDF5 pair), split
+Data: one labeled volume (raw + instance labels, [D, H, W] z-y-x) from
+`em_sources.EM_SOURCES` (`data.source`: the EM simulator, SNEMI3D or MitoEM layouts,
+"file": any TIFF/HDF5/slice-folder pair at `data.path` + `data.labels_path`), split
 in z at `data.split_z`: slices z < split_z are the training region, z >= split_z the
 held-out test region (a negative split_z counts from the end).
 
@@ -14,9 +15,9 @@ Examples: `volume_crops.random_crop` of `data.crop` (d, h, w) inside the labeled
 the image mapped to [0, 1] (clipped) by the raw volume's 0.5 / 99.5 intensity
 percentiles; with `data.augment`, flips of every axis, in-plane 90-degree rotations and
 +-`data.intensity_jitter` contrast / brightness jitter (image only); then standardised
-by the volume's `em_volumes.intensity_stats`, exactly as MAE pre-training
-(tasks/mae_pretrain.py) feeds the encoder. predict_fn applies the same scaling and
-standardisation to the volume's stored values.
+by the volume's `intensity.intensity_stats`, exactly as MAE pre-training
+(tasks/mae_pretrain.py) feeds the encoder (`intensity.standardize`). predict_fn applies
+the same function to the volume's stored values.
 
 Targets (`TARGETS`, `data.target`), computed per crop after augmentation:
   * affinities: K channels for `data.offsets` (default the 3 nearest neighbours) from
@@ -51,51 +52,16 @@ import jax.numpy as jnp
 import numpy as np
 
 from neuroseg_jax import tasks
-from neuroseg_jax.data import affinities, em_simulator, em_volumes, volume_crops
+from neuroseg_jax.data import affinities, em_sources, em_volumes, intensity, volume_crops
 from neuroseg_jax.errors import DataError
 from neuroseg_jax.evaluation import em_evaluators
 from neuroseg_jax.losses import segmentation as seg_losses
 from neuroseg_jax.models import unetr, vit
 from neuroseg_jax.registry import Registry
-from neuroseg_jax.tasks import base
+from neuroseg_jax.training.task import Task
 from neuroseg_jax.training import transfer
 
-SOURCES: Registry = Registry("labeled volume source")
 TARGETS: Registry = Registry("UNETR target")
-SIMULATOR_LABELS = ("neurons", "mitochondria")
-
-
-# ---------------------------------------------------------------- data sources
-# Each source: data config -> em_volumes.LabeledVolume of sliceable [D, H, W] volumes.
-
-@SOURCES.register("simulator")
-def _simulated_volume(data):
-  if data.simulator.labels not in SIMULATOR_LABELS:
-    raise DataError("data.simulator.labels", f"expected one of {SIMULATOR_LABELS}, "
-                    f"got {data.simulator.labels!r}")
-  params = em_simulator.EMSimulationParams().zoomed(data.simulator.zoom)
-  volume = em_simulator.simulate_em_volume(tuple(data.simulator.shape), data.simulator.seed,
-                                           params)
-  return em_volumes.LabeledVolume(volume.raw, getattr(volume, data.simulator.labels))
-
-
-@SOURCES.register("snemi3d")
-def _snemi3d_volume(data):
-  return em_volumes.open_snemi3d(data.path, "train")
-
-
-@SOURCES.register("mitoem")
-def _mitoem_volume(data):
-  return em_volumes.open_mitoem(data.path, "train", labels_path=data.labels_path or None)
-
-
-@SOURCES.register("files")
-def _file_volume(data):
-  raw = em_volumes.open_volume(data.path)
-  labels = em_volumes.open_volume(data.labels_path, check_constant=False)
-  if labels.shape != raw.shape:
-    raise DataError(labels.name, f"label shape {labels.shape} differs from raw shape {raw.shape}")
-  return em_volumes.LabeledVolume(raw, labels)
 
 
 def split_regions(depth: int, split_z: int, label_fraction: float, crop_depth: int):
@@ -227,7 +193,7 @@ def load_encoder(params: dict, directory: str) -> tuple[dict, int]:
 
 
 @tasks.TASKS.register("unetr_finetune")
-class UNETRFinetune(base.Task):
+class UNETRFinetune(Task):
   """UNETR fine-tuning on random labeled crops; evaluation on the held-out z-range."""
 
   def __init__(self, config):
@@ -236,7 +202,11 @@ class UNETRFinetune(base.Task):
     self.target = TARGETS.get(data.target)(config)
     self.model = build_unetr(config.model, self.target.channels, jnp.dtype(config.compute_dtype))
     self.crop = tuple(int(c) for c in data.crop)
-    self.volume = SOURCES.get(data.source)(data)
+    simulator = data.simulator
+    self.volume = em_sources.open_source(data.source, em_sources.SourceSpec(
+        path=data.path, labels_path=data.labels_path, simulator_shape=tuple(simulator.shape),
+        simulator_seed=simulator.seed, simulator_zoom=simulator.zoom,
+        simulator_labels=simulator.labels))
     if self.volume.labels is None:
       raise DataError(data.source, "the volume has no instance labels to fine-tune on")
     shape = self.volume.raw.shape
@@ -249,7 +219,7 @@ class UNETRFinetune(base.Task):
     self.augmentation = volume_crops.CropAugmentation(
         contrast=(1 - data.intensity_jitter, 1 + data.intensity_jitter),
         brightness=(-data.intensity_jitter, data.intensity_jitter)) if data.augment else None
-    self.stats = em_volumes.intensity_stats(self.volume.raw)
+    self.stats = intensity.intensity_stats(self.volume.raw)
     logging.info("unetr_finetune: %s volume %s, training crops %s from z [0, %d), test z [%d, %d),"
                  " intensity %s", data.source, shape, self.crop, self.labeled_depth, self.split,
                  shape[0], self.stats)
@@ -259,13 +229,10 @@ class UNETRFinetune(base.Task):
   def make_example(self, position, rng):
     """{"image": [d, h, w, 1] standardised, "target": [d, h, w, K], "mask": [d, h, w, K or 1]}."""
     del position
-    stats = self.stats
     crop = volume_crops.random_crop(self.train_raw, self.crop, rng, labels=(self.train_labels,),
-                                    augmentation=self.augmentation,
-                                    intensity_range=(stats.low, stats.high))
+                                    augmentation=self.augmentation, intensity=self.stats)
     target, mask = self.target.make(affinities.check_label_volume(crop.labels[0]))
-    image = (crop.raw - stats.mean) / stats.std
-    return {"image": image[..., None].astype(np.float32), "target": target, "mask": mask}
+    return {"image": crop.raw[..., None], "target": target, "mask": mask}
 
   # ---------------------------------------------------------------- model
 
@@ -291,11 +258,7 @@ class UNETRFinetune(base.Task):
 
   def predict_fn(self, params, model_state, batch):
     """{"image": [B, d, h, w, 1] stored values} -> probabilities [B, d, h, w, K]."""
-    # As for the training crops: volume_crops.scale_intensity, then standardisation.
-    stats = self.stats
-    image = jnp.asarray(batch["image"], jnp.float32)
-    image = jnp.clip((image - stats.low) / max(stats.high - stats.low, 1e-12), 0.0, 1.0)
-    image = (image - stats.mean) / stats.std
+    image = intensity.standardize(jnp.asarray(batch["image"]), self.stats)  # as training crops
     logits = self.model.apply({"params": params, **model_state}, image, train=False)
     return self.target.activate(logits)
 

@@ -25,7 +25,7 @@ from neuroseg_jax.data import transforms2d
 from neuroseg_jax.evaluation import neuron_evaluator
 from neuroseg_jax.losses import yolo_seg_loss
 from neuroseg_jax.models import yolo_seg
-from neuroseg_jax.tasks import base
+from neuroseg_jax.training.task import Task
 from neuroseg_jax.training import transfer
 
 # (destination in this task's state, source in a TiCo pre-training state).
@@ -67,7 +67,7 @@ def eval_sample(sample: neuron_datasets.LabeledImage, size: int) -> neuron_evalu
 
 
 @tasks.TASKS.register("yolo_seg")
-class YOLOSegTask(base.Task):
+class YOLOSegTask(Task):
   """Instance segmentation of neurons with a YOLOSeg network."""
 
   def __init__(self, config: ml_collections.ConfigDict):

@@ -1,16 +1,29 @@
 """Checkpoints of the training state, the one place that talks to Orbax.
 
-Saves are asynchronous and atomic (Orbax writes to a temporary directory and
-renames it when complete), so a run killed at any moment leaves the previous
-complete checkpoint intact. Restores take an abstract state whose leaves carry
-the *current* shardings, so a checkpoint written on 8 devices restores on 1 and
-vice versa.
+Orbax writes each checkpoint to a temporary folder and renames it when complete,
+so a kill never leaves a half-written `STEP/` folder. What a kill can lose:
+* synchronous saves (the default): `save` returns once the checkpoint is
+  committed, so a run killed at any moment resumes from a step at most
+  `checkpoint_every` steps behind the last finished step;
+* asynchronous saves (`checkpoint_async=True`, for large states on accelerators):
+  the newest save may still be in flight, so up to 2 x `checkpoint_every` steps.
+
+A checkpoint damaged after it was committed (truncated array files, corrupt
+metadata: a full disk, a copy cut short) is reported in one line naming its
+step and the problem, moved aside to `damaged-STEP/`, and the newest intact
+checkpoint before it is restored instead.
+
+Restores take an abstract state whose leaves carry the *current* shardings, so a
+checkpoint written on 8 devices restores on 1 and vice versa.
 """
 
 from __future__ import annotations
 
+import contextlib
+import gc
 import logging
 import os
+import time
 from typing import Any
 
 import jax
@@ -21,13 +34,18 @@ import orbax.checkpoint as ocp
 class Checkpointer:
   """Keeps the last `keep` checkpoints of a state pytree under `directory`."""
 
-  def __init__(self, directory: str, keep: int = 3, asynchronous: bool = True):
+  def __init__(self, directory: str, keep: int = 3, asynchronous: bool = False):
     self.directory = os.path.abspath(directory)
-    self._manager = ocp.CheckpointManager(
+    self._keep = keep
+    self._asynchronous = asynchronous
+    self._manager = self._open()
+
+  def _open(self) -> ocp.CheckpointManager:
+    return ocp.CheckpointManager(
         self.directory,
         options=ocp.CheckpointManagerOptions(
-            max_to_keep=keep, create=True, cleanup_tmp_directories=True,
-            enable_async_checkpointing=asynchronous))
+            max_to_keep=self._keep, create=True, cleanup_tmp_directories=True,
+            enable_async_checkpointing=self._asynchronous))
 
   def latest_step(self) -> int | None:
     return self._manager.latest_step()
@@ -36,7 +54,10 @@ class Checkpointer:
     return list(self._manager.all_steps())
 
   def save(self, step: int, state: Any) -> None:
+    """Saves `state` as `step`; synchronous checkpointers return once it is committed."""
     self._manager.save(step, args=ocp.args.StandardSave(state))
+    if not self._asynchronous:
+      self._manager.wait_until_finished()
 
   def restore(self, abstract_state: Any, step: int | None = None) -> Any:
     """Restores `step` (default latest) into the shapes and shardings of `abstract_state`.
@@ -49,6 +70,27 @@ class Checkpointer:
       raise FileNotFoundError(f"{self.directory}: no checkpoint to restore")
     logging.info("restoring checkpoint %s/%d", self.directory, step)
     return self._manager.restore(step, args=ocp.args.StandardRestore(abstract_state))
+
+  def restore_latest_intact(self, abstract_state: Any) -> tuple[int, Any] | None:
+    """(step, state) of the newest checkpoint that restores; None when there is none.
+
+    Each damaged checkpoint met on the way is logged in one line and moved to
+    `damaged-STEP/` beside the others, so later saves can reuse its step.
+    """
+    for step in sorted(self.all_steps(), reverse=True):
+      try:
+        with _quiet_failed_reads():
+          return step, self.restore(abstract_state, step)
+      except Exception as e:  # pylint: disable=broad-except  # TensorStore, JSON, OS errors
+        problem = str(e).strip().splitlines()[0][:200] if str(e).strip() else type(e).__name__
+        aside = os.path.join(self.directory, f"damaged-{step}-{int(time.time())}")
+        logging.warning("checkpoint step %d in %s is damaged (%s: %s); moved to %s, "
+                        "trying the one before", step, self.directory, type(e).__name__,
+                        problem, os.path.basename(aside))
+        self._manager.close()
+        os.replace(os.path.join(self.directory, str(step)), aside)
+        self._manager = self._open()
+    return None
 
   def read_numpy(self, step: int | None = None) -> Any:
     """The whole saved state as host numpy arrays, without knowing its structure.
@@ -72,6 +114,23 @@ class Checkpointer:
 
   def close(self) -> None:
     self._manager.close()
+
+
+@contextlib.contextmanager
+def _quiet_failed_reads():
+  """Silences asyncio's reports of the parallel array reads a damaged checkpoint fails.
+
+  One read fails the restore; the other reads' failures would otherwise be
+  logged as screens of TensorStore specs when their futures are collected.
+  """
+  logger = logging.getLogger("asyncio")
+  level = logger.level
+  logger.setLevel(logging.CRITICAL)
+  try:
+    yield
+  finally:
+    gc.collect()
+    logger.setLevel(level)
 
 
 def abstract_with_shardings(shapes: Any, shardings: Any) -> Any:

@@ -1,7 +1,9 @@
 """The training loop shared by every task family.
 
-build mesh -> build task -> init state into its shardings (or resume) ->
-loop: next batch, jitted step, check finiteness, log, evaluate, checkpoint.
+The caller builds the task (`neuroseg_jax.tasks.build(config)`) and hands it over:
+claim the run folder -> build mesh -> init state into its shardings (or resume
+from the newest intact checkpoint) -> loop: next batch, jitted step, check
+finiteness, log, evaluate, checkpoint. The engine never looks a task up.
 """
 
 from __future__ import annotations
@@ -14,31 +16,36 @@ import time
 from typing import Any, Sequence
 
 import jax
-import ml_collections
+import numpy as np
 
-from neuroseg_jax import tasks
+from neuroseg_jax.errors import UserError
 from neuroseg_jax.training import checkpointing
+from neuroseg_jax.training import defaults
 from neuroseg_jax.training import mesh as mesh_lib
 from neuroseg_jax.training import metrics_logging
 from neuroseg_jax.training import optimizers
+from neuroseg_jax.training import run_folder
 from neuroseg_jax.training import train_step as train_step_lib
+from neuroseg_jax.training.task import Task
 
 
-class NonFiniteError(FloatingPointError):
+class NonFiniteError(UserError, FloatingPointError):
   """Raised when a training step produced a non-finite loss or gradient norm."""
 
 
-def _check_finite(step: int, metrics: dict[str, float]) -> None:
+def _check_finite(step: int, metrics: dict[str, float], last_saved: int | None) -> None:
   bad = {k: v for k, v in metrics.items()
          if k in ("loss", "grad_norm") and not math.isfinite(v)}
   if bad:
+    saved = (f"the checkpoint of step {last_saved} is intact and a rerun resumes there"
+             if last_saved else "no checkpoint was written before it")
     raise NonFiniteError(
         f"training stopped at step {step}: non-finite {', '.join(f'{k}={v}' for k, v in bad.items())}"
-        f" (all metrics of that step: {metrics}). The last checkpoint before it is intact; "
-        f"lower the learning rate, enable gradient clipping or check the input data.")
+        f"; {saved}. Lower the learning rate, enable gradient clipping or check the input "
+        f"data (all metrics of that step: {metrics})")
 
 
-def make_predict_fn(task: tasks.base.Task, state: dict, mesh) -> Any:
+def make_predict_fn(task: Task, state: dict, mesh) -> Any:
   """Host-facing predict function for evaluators: numpy batch in, numpy outputs out."""
   jitted = jax.jit(task.predict_fn)
 
@@ -49,7 +56,7 @@ def make_predict_fn(task: tasks.base.Task, state: dict, mesh) -> Any:
   return predict
 
 
-def run_evaluators(task: tasks.base.Task, state: dict, mesh, workdir: str) -> dict[str, float]:
+def run_evaluators(task: Task, state: dict, mesh, workdir: str) -> dict[str, float]:
   results = {}
   predict = make_predict_fn(task, state, mesh)
   for evaluator in task.evaluators(workdir):
@@ -58,21 +65,22 @@ def run_evaluators(task: tasks.base.Task, state: dict, mesh, workdir: str) -> di
   return results
 
 
-def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
-                       devices: Sequence[jax.Device] | None = None) -> dict:
-  """Trains `config.task` in `workdir`, resuming from its latest checkpoint.
+def train(task: Task, workdir: str, devices: Sequence[jax.Device] | None = None,
+          overwrite: bool = False) -> dict:
+  """Trains `task` (configured by `task.config`) in `workdir`, resuming what is there.
 
   Args:
-    config: full experiment config (see `training/defaults.py` and `configs/`).
-    workdir: output directory: checkpoints/, metrics.jsonl, tensorboard/.
+    task: the task to train, built by the caller (the caller keeps it, with its data).
+    workdir: output directory: run.json, checkpoints/, metrics.jsonl, tensorboard/.
     devices: devices to train on (default: all devices of all processes).
+    overwrite: replace a run of another config or data in `workdir` instead of refusing.
 
   Returns:
     The final state: {"step", "params", "model_state", "opt"} of global arrays.
   """
-  os.makedirs(workdir, exist_ok=True)
+  run_folder.claim(workdir, task.config, overwrite)
+  config = defaults.resolve_cadence(task.config)
   mesh = mesh_lib.make_data_mesh(devices)
-  task = tasks.get_task(config.task)(config)
   local_batch = mesh_lib.local_batch_size(config.batch_size, mesh)
   if config.batch_size % (config.grad_accum_steps * mesh.devices.size):
     raise ValueError(f"batch_size={config.batch_size} must be divisible by grad_accum_steps "
@@ -82,28 +90,33 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
       f.write(config.to_json_best_effort(indent=2))
 
   tx, schedule = optimizers.make_optimizer(config)
-  step_rng = jax.random.key(config.seed)
   # Parameter init is replicated, so it can use the RBG generator, which XLA compiles
   # several times faster than threefry for models with hundreds of parameter arrays.
   # Steps keep threefry: its values do not depend on how arrays are sharded.
   init_rng = jax.random.key(config.seed, impl="rbg")
+  seed = mesh_lib.to_replicated(np.int32(config.seed), mesh)
 
   checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
-                                            keep=config.keep_checkpoints)
-  start_step = checkpointer.latest_step() or 0
-  batches = task.train_batches(start_step, local_batch, jax.process_index(),
-                               jax.process_count())
-  first_batch = next(batches, None)
+                                            keep=config.keep_checkpoints,
+                                            asynchronous=config.checkpoint_async)
+  def batches_from(step):
+    return task.train_batches(step, local_batch, jax.process_index(), jax.process_count())
 
-  example = jax.tree.map(lambda x: x[:1], first_batch) if first_batch is not None else (
-      jax.tree.map(lambda x: x[:1], next(task.train_batches(0, local_batch, 0, 1))))
+  expected_start = checkpointer.latest_step() or 0
+  batches = batches_from(expected_start)
+  batch = next(batches, None)
+  example = jax.tree.map(lambda x: x[:1], batch if batch is not None
+                         else next(task.train_batches(0, local_batch, 0, 1)))
   init_fn = lambda r: train_step_lib.initial_state(task, tx, r, example)
   shapes = jax.eval_shape(init_fn, init_rng)
   shardings = mesh_lib.state_shardings(shapes, mesh)
-  if start_step:
-    state = checkpointer.restore(checkpointing.abstract_with_shardings(shapes, shardings))
+  restored = checkpointer.restore_latest_intact(
+      checkpointing.abstract_with_shardings(shapes, shardings))
+  if restored is not None:
+    start_step, state = restored
     logging.info("resumed from step %d", start_step)
   else:
+    start_step = 0
     state = jax.jit(init_fn, out_shardings=shardings)(init_rng)
     loaded = task.load_pretrained(jax.device_get(state["params"]),
                                   jax.device_get(state["model_state"]))
@@ -113,11 +126,17 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
   num_params = sum(x.size for x in jax.tree.leaves(state["params"]))
   logging.info("task %s: %d parameters, %d devices, global batch %d", config.task,
                num_params, mesh.devices.size, config.batch_size)
+  if start_step != expected_start:  # a damaged checkpoint was skipped
+    batches = batches_from(start_step)
+    batch = next(batches, None)
 
-  step_fn = train_step_lib.make_train_step(task, tx, schedule, step_rng,
-                                           config.grad_accum_steps)
-  step_fn = jax.jit(step_fn, in_shardings=(shardings, mesh_lib.batch_sharding(mesh)),
+  step_fn = train_step_lib.make_train_step(task, tx, schedule, config.grad_accum_steps)
+  step_fn = jax.jit(step_fn, in_shardings=(shardings, mesh_lib.batch_sharding(mesh),
+                                           mesh_lib.replicated(mesh)),
                     out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
+  if start_step < config.num_steps:
+    logging.info("compiling the training step (the first step waits for it; later runs "
+                 "of the same model reuse the compilation cache)")
 
   writer = metrics_logging.MetricWriter(workdir, config.num_steps, start_step)
   window_start, window_steps = time.time(), 0
@@ -128,14 +147,15 @@ def train_and_evaluate(config: ml_collections.ConfigDict, workdir: str,
     """Fetches and checks the last dispatched step's metrics; returns them."""
     done_step, metrics = pending
     values = train_step_lib.as_float(metrics)
-    _check_finite(done_step, values)
+    _check_finite(done_step, values, checkpointer.latest_step())
     return done_step, values
 
   try:
-    batch = first_batch
     while step < config.num_steps:
       global_batch = mesh_lib.to_global_batch(batch, mesh)
-      state, metrics = step_fn(state, global_batch)
+      # Everything the step reads is on the devices already; a hidden copy is a bug.
+      with jax.transfer_guard("disallow"):
+        state, metrics = step_fn(state, global_batch, seed)
       step += 1
       window_steps += 1
       if pending is not None:

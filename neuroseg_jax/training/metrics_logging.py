@@ -24,6 +24,35 @@ def _to_python(value):
   return value.item() if value.ndim == 0 else value.tolist()
 
 
+def drop_records_after(path: str, step: int) -> None:
+  """Keeps the records of `path` up to `step`, so a resumed run does not repeat rows.
+
+  A run killed after its last checkpoint logged steps that the resumed run
+  logs again; a kill in the middle of a write leaves a partial last line. Both
+  are dropped (the file is rewritten atomically).
+  """
+  if not os.path.exists(path):
+    return
+  kept, dropped = [], 0
+  with open(path) as f:
+    for line in f:
+      try:
+        record = json.loads(line)
+      except json.JSONDecodeError:
+        dropped += 1
+        continue
+      if record.get("step", 0) <= step:
+        kept.append(line if line.endswith("\n") else line + "\n")
+      else:
+        dropped += 1
+  if dropped:
+    logging.info("%s: dropped %d records after step %d (the run resumes there)", path,
+                 dropped, step)
+    with open(path + ".tmp", "w") as f:
+      f.writelines(kept)
+    os.replace(path + ".tmp", path)
+
+
 class MetricWriter:
   """Appends metric records to DIR/metrics.jsonl and DIR/tensorboard; shows progress."""
 
@@ -39,7 +68,9 @@ class MetricWriter:
     if not self.is_writer:
       return
     os.makedirs(workdir, exist_ok=True)
-    self._jsonl = open(os.path.join(workdir, "metrics.jsonl"), "a", buffering=1)
+    path = os.path.join(workdir, "metrics.jsonl")
+    drop_records_after(path, start_step)
+    self._jsonl = open(path, "a", buffering=1)
     from tensorboardX import SummaryWriter  # pylint: disable=g-import-not-at-top
     self._tensorboard = SummaryWriter(os.path.join(workdir, "tensorboard"))
     interactive = sys.stderr.isatty() if interactive is None else interactive

@@ -15,7 +15,7 @@ import jax
 import ml_collections
 import numpy as np
 
-from neuroseg_jax.data import pipeline
+from neuroseg_jax.training import input_pipeline
 
 PyTree = Any
 Metrics = dict[str, jax.Array]
@@ -72,7 +72,7 @@ class Task(abc.ABC):
   def train_batches(self, start_step: int, local_batch_size: int, process_index: int,
                     process_count: int) -> Iterator[dict]:
     """Host-local batches for steps start_step, start_step + 1, ..."""
-    return pipeline.step_batches(
+    return input_pipeline.step_batches(
         self.make_example, seed=self.config.seed, local_batch_size=local_batch_size,
         process_index=process_index, process_count=process_count, start_step=start_step,
         num_steps=self.config.num_steps, workers=self.config.data_workers,

@@ -12,7 +12,7 @@ import jax
 import jax.numpy as jnp
 import optax
 
-from neuroseg_jax.tasks.base import Task
+from neuroseg_jax.training.task import Task
 
 
 def _micro_batches(batch: dict, num: int) -> dict:
@@ -30,8 +30,13 @@ def _micro_batches(batch: dict, num: int) -> dict:
 
 
 def make_train_step(task: Task, tx: optax.GradientTransformation, schedule: Callable,
-                    base_rng: jax.Array, grad_accum_steps: int = 1) -> Callable:
-  """Returns `train_step(state, batch) -> (state, metrics)` (not yet jitted)."""
+                    grad_accum_steps: int = 1) -> Callable:
+  """Returns `train_step(state, batch, seed) -> (state, metrics)` (not yet jitted).
+
+  The run's seed (an int32 [] array) is an argument, not a captured constant, so
+  runs that differ only in their seed share one compiled step (in process and in
+  the persistent compilation cache). Step `s` uses `fold_in(key(seed), s)`.
+  """
 
   def loss_and_grads(params, model_state, batch, rng, step):
     grad_fn = jax.value_and_grad(task.loss_fn, has_aux=True)
@@ -62,9 +67,9 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, schedule: Call
 
   compute = loss_and_grads if grad_accum_steps == 1 else accumulated
 
-  def train_step(state: dict, batch: dict) -> tuple[dict, dict]:
+  def train_step(state: dict, batch: dict, seed: jax.Array) -> tuple[dict, dict]:
     step = state["step"]
-    rng = jax.random.fold_in(base_rng, step)
+    rng = jax.random.fold_in(jax.random.key(seed), step)
     loss, metrics, model_state, grads = compute(state["params"], state["model_state"], batch,
                                                 rng, step)
     updates, opt_state = tx.update(grads, state["opt"], state["params"])

@@ -1,0 +1,136 @@
+"""What made a run folder: the fingerprint of its config and input data.
+
+A run folder (`workdir`) is resumed by calling the engine again with the same
+folder. That is only right when the second call trains the same experiment:
+`DIR/run.json` records the config (as JSON) and a fingerprint of every input
+file or folder the config names (relative name, size and modification time of
+each file, not their bytes, so a 20 GB movie costs one `stat`). A later run in
+the same folder with another config or other data is refused with the fields
+that differ, unless the caller asks to overwrite (which removes only the
+engine's own outputs).
+
+Fields that do not change what is trained (how often to log, evaluate or save,
+input workers) and the run length (`num_steps`, so a run can be extended) are
+left out of the comparison.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import logging
+import os
+import shutil
+from typing import Any, Iterator
+
+import ml_collections
+
+from neuroseg_jax.errors import UserError
+
+RECORD = "run.json"
+# Engine outputs that `overwrite` removes; anything else in the folder is left alone.
+OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "config.json", RECORD)
+IGNORED_FIELDS = frozenset({"num_steps", "log_every", "eval_every", "checkpoint_every",
+                            "keep_checkpoints", "checkpoint_async", "data_workers", "prefetch"})
+
+
+class RunFolderError(UserError):
+  """The run folder holds another experiment, or cannot be written."""
+
+
+def _flatten(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
+  if isinstance(tree, dict):
+    for key in sorted(tree):
+      yield from _flatten(tree[key], f"{prefix}{key}.")
+  elif isinstance(tree, (list, tuple)):
+    for index, item in enumerate(tree):
+      yield from _flatten(item, f"{prefix}{index}.")
+  else:
+    yield prefix[:-1], tree
+
+
+def _paths_in(value: Any) -> Iterator[str]:
+  """Existing files or folders named by a config string (also `a;b` lists, `kind:path`)."""
+  if not isinstance(value, str) or not value:
+    return
+  for part in value.split(";"):
+    for candidate in (part, part.partition(":")[2]):
+      if candidate and os.path.exists(candidate):
+        yield candidate
+        break
+
+
+def _file_stats(path: str) -> Iterator[str]:
+  if os.path.isfile(path):
+    info = os.stat(path)
+    yield f"{os.path.basename(path)}:{info.st_size}:{info.st_mtime_ns}"
+    return
+  for root, dirs, files in os.walk(path):
+    dirs.sort()
+    for name in sorted(files):
+      info = os.stat(os.path.join(root, name))
+      yield f"{os.path.relpath(os.path.join(root, name), path)}:{info.st_size}:{info.st_mtime_ns}"
+
+
+def fingerprint(config: ml_collections.ConfigDict) -> dict:
+  """{"config": {field: value}, "data": sha256 of the named inputs' stats, "inputs": [...]}."""
+  fields = dict(_flatten(json.loads(config.to_json_best_effort())))
+  compared = {k: v for k, v in fields.items() if k not in IGNORED_FIELDS}
+  inputs = sorted({os.path.abspath(p) for v in fields.values() for p in _paths_in(v)})
+  digest = hashlib.sha256()
+  for path in inputs:
+    digest.update(path.encode())
+    for line in _file_stats(path):
+      digest.update(line.encode())
+  return {"config": compared, "data": digest.hexdigest(), "inputs": inputs}
+
+
+def _differences(old: dict, new: dict) -> list[str]:
+  keys = sorted(set(old["config"]) | set(new["config"]))
+  changed = [k for k in keys if old["config"].get(k) != new["config"].get(k)]
+  text = [f"{k}: {old['config'].get(k)!r} -> {new['config'].get(k)!r}" for k in changed[:4]]
+  if len(changed) > 4:
+    text.append(f"and {len(changed) - 4} more fields")
+  if old["data"] != new["data"]:
+    text.append("the input data changed (files " + ", ".join(new["inputs"][:3]) + ")")
+  return text
+
+
+def clear_outputs(workdir: str) -> None:
+  """Removes the engine's outputs from `workdir` (not the user's other files)."""
+  for name in OUTPUTS:
+    path = os.path.join(workdir, name)
+    if os.path.isdir(path):
+      shutil.rmtree(path)
+    elif os.path.exists(path):
+      os.remove(path)
+
+
+def claim(workdir: str, config: ml_collections.ConfigDict, overwrite: bool = False) -> bool:
+  """Makes `workdir` this run's folder; returns True when it resumes a matching run.
+
+  Raises RunFolderError when the folder holds a run of another config or other
+  data (and `overwrite` is False), or when it cannot be written.
+  """
+  current = fingerprint(config)
+  record = os.path.join(workdir, RECORD)
+  try:
+    os.makedirs(workdir, exist_ok=True)
+    if overwrite:
+      clear_outputs(workdir)
+    if os.path.exists(record):
+      with open(record) as f:
+        previous = json.load(f)
+      differences = _differences(previous, current)
+      if differences:
+        raise RunFolderError(
+            f"{workdir}: holds a run of a different experiment ({'; '.join(differences)}); "
+            "choose another folder or pass --overwrite to replace it")
+      logging.info("%s: same config and data as the run there; resuming it", workdir)
+      return True
+    with open(record + ".tmp", "w") as f:
+      json.dump(current, f, indent=1)
+    os.replace(record + ".tmp", record)
+  except OSError as e:
+    raise RunFolderError(f"{workdir}: cannot write the run folder ({e.strerror})") from e
+  return False
