@@ -22,6 +22,8 @@ from typing import Any
 
 import ml_collections
 
+from neuroseg_jax.errors import ConfigError
+
 
 def _parse_value(text: str) -> Any:
   try:
@@ -51,11 +53,11 @@ def parse_arg(arg: str | None, variants: dict[str, dict] | None = None,
     key, has_value, value = item.partition("=")
     key = key.strip()
     if key not in defaults:
-      raise ValueError(f"unknown config argument {key!r} in {arg!r}; valid choices: "
+      raise ConfigError(f"unknown config argument {key!r} in {arg!r}; valid choices: "
                        f"{', '.join(sorted(defaults))}")
     if not has_value:
       if not isinstance(defaults[key], bool):
-        raise ValueError(f"config argument {key!r} needs a value ({key}=...)")
+        raise ConfigError(f"config argument {key!r} needs a value ({key}=...)")
       result[key] = True
       result.update(variants.get(key, {}))
     else:
@@ -71,5 +73,5 @@ def _typed(key: str, value: str, default: Any) -> Any:
   if isinstance(default, str) and not isinstance(parsed, str):
     parsed = value  # e.g. a numeric-looking name
   if default is not None and type(parsed) is not type(default):
-    raise ValueError(f"config argument {key!r} expects {type(default).__name__}, got {value!r}")
+    raise ConfigError(f"config argument {key!r} expects {type(default).__name__}, got {value!r}")
   return parsed

@@ -13,6 +13,8 @@ from typing import Sequence
 
 import ml_collections
 
+from neuroseg_jax.errors import ConfigError
+
 
 def load_config(spec: str) -> ml_collections.ConfigDict:
   """Loads "path/to/config.py[:arg]" by calling its `get_config(arg)`."""
@@ -34,7 +36,7 @@ def check_field(config: ml_collections.ConfigDict, dotted: str) -> None:
       where = ".".join(walked) or "the config"
       choices = ", ".join(sorted(node.keys())) if isinstance(node, ml_collections.ConfigDict) \
           else "(none: it is not a group)"
-      raise ValueError(f"unknown config field {dotted!r}: {where} has no field {name!r}; "
+      raise ConfigError(f"unknown config field {dotted!r}: {where} has no field {name!r}; "
                        f"valid choices: {choices}")
     node = node[name]
     walked.append(name)

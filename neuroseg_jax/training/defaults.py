@@ -10,6 +10,8 @@ set (`configs/x.py:num_steps=N` or `--config.num_steps=N`).
 
 import ml_collections
 
+from neuroseg_jax.errors import ConfigError
+
 CADENCES = ("log_every", "eval_every", "checkpoint_every")
 
 
@@ -56,7 +58,7 @@ def base_config() -> ml_collections.ConfigDict:
 def _whole_steps(name: str, value: float, num_steps: int) -> int:
   """`value` as steps: a fraction (0 < value < 1) of `num_steps`, or whole steps."""
   if value < 0 or (value >= 1 and value != int(value)):
-    raise ValueError(f"{name}={value!r}: expected a fraction of num_steps (0 < v < 1) or a "
+    raise ConfigError(f"{name}={value!r}: expected a fraction of num_steps (0 < v < 1) or a "
                      "whole number of steps")
   return int(value) if value >= 1 else round(value * num_steps)
 

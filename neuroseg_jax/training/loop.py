@@ -18,7 +18,7 @@ from typing import Any, Sequence
 import jax
 import numpy as np
 
-from neuroseg_jax.errors import UserError
+from neuroseg_jax.errors import ConfigError, UserError
 from neuroseg_jax.training import checkpointing
 from neuroseg_jax.training import defaults
 from neuroseg_jax.training import mesh as mesh_lib
@@ -83,7 +83,7 @@ def train(task: Task, workdir: str, devices: Sequence[jax.Device] | None = None,
   mesh = mesh_lib.make_data_mesh(devices)
   local_batch = mesh_lib.local_batch_size(config.batch_size, mesh)
   if config.batch_size % (config.grad_accum_steps * mesh.devices.size):
-    raise ValueError(f"batch_size={config.batch_size} must be divisible by grad_accum_steps "
+    raise ConfigError(f"batch_size={config.batch_size} must be divisible by grad_accum_steps "
                      f"({config.grad_accum_steps}) x devices ({mesh.devices.size})")
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:

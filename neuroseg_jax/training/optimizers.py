@@ -9,6 +9,7 @@ import jax.numpy as jnp
 import ml_collections
 import optax
 
+from neuroseg_jax.errors import ConfigError
 from neuroseg_jax.registry import Registry
 
 SCHEDULES = Registry("learning-rate schedule")
@@ -48,7 +49,7 @@ def freeze_subtree(name: str, steps: int) -> optax.GradientTransformation:
 
   def init(params):
     if name not in params:
-      raise ValueError(f"optimizer.freeze={name!r} is not a top-level parameter subtree; "
+      raise ConfigError(f"optimizer.freeze={name!r} is not a top-level parameter subtree; "
                        f"valid choices: {', '.join(sorted(params))}")
     return optax.ScaleByScheduleState(count=jnp.zeros([], jnp.int32))
 
