@@ -88,7 +88,8 @@ class Checkpointer:
                         "trying the one before", step, self.directory, type(e).__name__,
                         problem, os.path.basename(aside))
         self._manager.close()
-        os.replace(os.path.join(self.directory, str(step)), aside)
+        if jax.process_index() == 0:  # one process moves it; all skip it
+          os.replace(os.path.join(self.directory, str(step)), aside)
         self._manager = self._open()
     return None
 

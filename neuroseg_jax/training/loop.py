@@ -84,7 +84,7 @@ def train(task: Task, workdir: str, devices: Sequence[jax.Device] | None = None,
   local_batch = mesh_lib.local_batch_size(config.batch_size, mesh)
   if config.batch_size % (config.grad_accum_steps * mesh.devices.size):
     raise ConfigError(f"batch_size={config.batch_size} must be divisible by grad_accum_steps "
-                     f"({config.grad_accum_steps}) x devices ({mesh.devices.size})")
+                      f"({config.grad_accum_steps}) x devices ({mesh.devices.size})")
   if jax.process_index() == 0:
     with open(os.path.join(workdir, "config.json"), "w") as f:
       f.write(config.to_json_best_effort(indent=2))
@@ -99,6 +99,7 @@ def train(task: Task, workdir: str, devices: Sequence[jax.Device] | None = None,
   checkpointer = checkpointing.Checkpointer(os.path.join(workdir, "checkpoints"),
                                             keep=config.keep_checkpoints,
                                             asynchronous=config.checkpoint_async)
+
   def batches_from(step):
     return task.train_batches(step, local_batch, jax.process_index(), jax.process_count())
 
