@@ -29,6 +29,21 @@ ABO_FOLDER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
                           "shared", "data", "abo275")
 AUGMENT = ("flip_lr|flip_ud|rot90|scale_crop(0.8,1.25)|brightness(0.1)|contrast(0.2)"
            "|gamma(0.8,1.25)|noise(0.02)")
+ABO_FIELD = 487  # pixels per side of an abo275 image (about 0.8 um per pixel)
+PHOTOMETRIC = "flip_lr|flip_ud|rot90|brightness(0.1)|contrast(0.2)|gamma(0.8,1.25)|noise(0.02)"
+
+
+def native_scale_crops(size: int, field: int = ABO_FIELD) -> str:
+  """Random windows of ~size x size pixels (area +-10%) of a field x field image,
+  resized to `size`: training at the scale whole fields are evaluated at."""
+  area = (size / field) ** 2
+  return f"resized_crop({0.9 * area:.4f},{min(1.1 * area, 1.0):.4f},size={size})|{PHOTOMETRIC}"
+
+
+# The real-data recipe (RESULTS.md, "ABO"): all labeled images of a folder, 160 px
+# native-scale crops, AdamW 2e-3, whole fields evaluated letterboxed to 512 px.
+ABO = dict(source="abo", image_size=160, num_val=0, num_steps=400, lr=2e-3,
+           eval_image_size=512)
 # A few steps of a narrow network on small simulated images: runs on a laptop CPU.
 SMOKE = dict(scale="n", image_size=64, height=64, width=64, frames=40, num_recordings=3,
              num_val=1, num_steps=3, batch_size=2)
@@ -50,7 +65,7 @@ def _source(args) -> tuple[str, dict]:
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
   args = config_args.parse_arg(
-      arg, variants={"smoke": SMOKE}, smoke=False, scale="s", block="c2f_faster_ema",
+      arg, variants={"smoke": SMOKE, "abo": ABO}, smoke=False, abo=False, scale="s", block="c2f_faster_ema",
       neck="bifpn", source="simulated", folder="", image_size=512, num_train=-1, num_val=2,
       fold=-1, num_folds=5, num_recordings=12, height=256, width=256, frames=200,
       num_steps=2000, batch_size=8, lr=1e-3, seed=0, pretrained="", freeze_steps=0,
@@ -82,7 +97,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   source, source_args = _source(args)
   config.data = ml_collections.ConfigDict({
       "source": source, "source_args": source_args, "image_size": args.image_size,
-      "max_instances": 400, "augment": AUGMENT, "num_train": args.num_train,
+      "max_instances": 400,
+      "augment": native_scale_crops(args.image_size) if args.abo else AUGMENT, "num_train": args.num_train,
       "num_val": args.num_val, "fold": args.fold, "num_folds": args.num_folds})
   # assigner_eps: ultralytics uses 1e-9, but for 12-18 px neurons the initial alignment
   # metric (score^0.5 * CIoU^6) is far below it, which scales the box / DFL targets

@@ -1,7 +1,10 @@
 """The `neuroseg-jax` console script: user commands, each with `--help`.
 
+  neuroseg-jax segment INPUT... --out DIR [--model builtin|MODEL_DIR] [--nwb]
+  neuroseg-jax train --data FOLDER --out MODEL_DIR [--init ...] [--steps N] [--val F]
+  neuroseg-jax evaluate --model M --data FOLDER --out DIR
   neuroseg-jax demo [--workdir DIR] [--data FOLDER]   the NeuroSeg-III method end to end
-  neuroseg-jax train --config=configs/X.py:ARGS --workdir=DIR [--config.a.b=v ...]
+  neuroseg-jax train --config=configs/X.py:ARGS --workdir=DIR   research runs
 
 Errors in what the user handed us (`neuroseg_jax.errors.UserError`: data,
 configs, run folders, a training run that diverged) and unwritable outputs end
@@ -59,14 +62,98 @@ def _demo(argv: list[str]) -> None:
   _run(args.debug, lambda: demo.run_demo(args.workdir, args.data, settings, args.overwrite))
 
 
+def _segment(argv: list[str]) -> None:
+  parser = _parser(
+      "segment", "Neurons of two-photon recordings or summary images: instance masks, ROI "
+      "table, overlay and summary images; for movies also fluorescence traces (raw, "
+      "neuropil, corrected F, dF/F) and optionally NWB.",
+      "neuroseg-jax segment ../shared/data/sima_movie/example.tif --out results/")
+  parser.add_argument("inputs", nargs="+", metavar="INPUT", help=(
+      "movies (multipage TIFF, HDF5, folder of frame TIFFs) or summary images "
+      "(jpg/png/single-page tif)"))
+  parser.add_argument("--out", required=True, help="output folder")
+  parser.add_argument("--model", default="builtin", help="'builtin' or a model folder "
+                      "written by `neuroseg-jax train`")
+  parser.add_argument("--projection", default="mean", help="summary image of a movie that the "
+                      "model segments (mean, max, std, robust_max, corr)")
+  parser.add_argument("--no-motion", action="store_true",
+                      help="skip rigid motion correction of movies")
+  parser.add_argument("--nwb", action="store_true", help="also write NAME.nwb (movies)")
+  parser.add_argument("--frame-rate", type=float, default=30.0, help="frames per second")
+  parser.add_argument("--dataset", default=None, help="HDF5 dataset of the movie (default mov)")
+  args = parser.parse_args(argv)
+
+  def job():
+    from neuroseg_jax.commands import segment  # pylint: disable=g-import-not-at-top
+    results = segment.segment(args.inputs, args.out, args.model, args.projection,
+                              not args.no_motion, args.nwb, args.frame_rate, args.dataset)
+    for result in results:
+      print(f"{result.name}: {result.neurons} neurons -> {', '.join(result.files)}")
+    print(f"found {sum(r.neurons for r in results)} neurons in {len(results)} input(s); "
+          f"files in {args.out}")
+
+  _run(args.debug, job)
+
+
 def _train(argv: list[str]) -> None:
-  from neuroseg_jax import main as main_lib  # pylint: disable=g-import-not-at-top
-  main_lib.run(["neuroseg-jax train", *argv])
+  if argv and argv[0].startswith("--config"):
+    from neuroseg_jax import main as main_lib  # pylint: disable=g-import-not-at-top
+    main_lib.run(["neuroseg-jax train", *argv])
+    return
+  parser = _parser(
+      "train", "A folder of labeled summary images (images/NAME.png|jpg|tif + labels/NAME.txt "
+      "YOLO polygons) -> a model folder for `segment --model` and `evaluate --model`, with "
+      "the real-data recipe (configs/neuroseg3_seg.py:abo). Calling it again resumes. "
+      "Research runs: `neuroseg-jax train --config=configs/X.py:ARGS --workdir=DIR`.",
+      "neuroseg-jax train --data ../shared/data/abo275 --out models/abo --val 0.2")
+  parser.add_argument("--data", required=True, help="labeled folder (YOLO layout)")
+  parser.add_argument("--out", required=True, help="model folder to write")
+  parser.add_argument("--init", default="scratch", help="scratch, builtin, a model folder or "
+                      "a TiCo run folder (its backbone)")
+  parser.add_argument("--steps", type=int, default=400, help="training steps (batch 8)")
+  parser.add_argument("--val", type=float, default=0.0,
+                      help="fraction of the images held out for validation")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="replace a training run of other data or settings in --out")
+  args = parser.parse_args(argv)
+
+  def job():
+    from neuroseg_jax.commands import train_model  # pylint: disable=g-import-not-at-top
+    scores = train_model.train_model(args.data, args.out, args.steps, args.val, args.init,
+                                     args.overwrite, " ".join(["neuroseg-jax train", *argv]))
+    for name, value in scores.items():
+      print(f"{name}: {value}")
+    print(f"model written to {args.out}")
+
+  _run(args.debug, job)
+
+
+def _evaluate(argv: list[str]) -> None:
+  parser = _parser(
+      "evaluate", "Precision / recall / F1 and mean matched IoU of a model on a labeled "
+      "folder, per image and pooled, with overlays and a CSV.",
+      "neuroseg-jax evaluate --model builtin --data ../shared/data/abo275 --out eval/")
+  parser.add_argument("--model", default="builtin", help="'builtin' or a model folder")
+  parser.add_argument("--data", required=True, help="labeled folder (YOLO layout)")
+  parser.add_argument("--out", required=True, help="output folder")
+  args = parser.parse_args(argv)
+
+  def job():
+    from neuroseg_jax.commands import evaluate  # pylint: disable=g-import-not-at-top
+    for score in evaluate.evaluate(args.model, args.data, args.out):
+      row = score.row()
+      print(f"{row['image']:>14}  P {row['precision']:.3f}  R {row['recall']:.3f}  "
+            f"F1 {row['f1']:.3f}  mean IoU {row['mean_matched_iou']}")
+    print(f"table and overlays in {args.out}")
+
+  _run(args.debug, job)
 
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
+    "segment": (_segment, "neurons (and traces) of recordings or summary images"),
+    "train": (_train, "a labeled folder -> a model folder (or --config=... research runs)"),
+    "evaluate": (_evaluate, "score a model on a labeled folder"),
     "demo": (_demo, "the whole NeuroSeg-III method on the simulator or a labeled folder"),
-    "train": (_train, "train any config (research runs): --config=configs/X.py:ARGS"),
 }
 
 

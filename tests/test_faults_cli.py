@@ -40,11 +40,11 @@ def _one_line_error(result, *fragments):
 def test_top_level_help_lists_commands():
   result = _cli("--help")
   assert result.returncode == 0
-  for command in ("demo", "train"):
+  for command in ("segment", "train", "evaluate", "demo"):
     assert f"  {command} " in result.stdout
   assert "example:" in result.stdout
   assert _cli().returncode == 2
-  _one_line_error(_cli("segmnt"), "unknown command 'segmnt'", "valid choices: demo, train")
+  _one_line_error(_cli("segmnt"), "unknown command 'segmnt'", "valid choices: segment, train, evaluate, demo")
 
 
 def test_subcommand_help_shows_defaults_and_an_example():
@@ -54,8 +54,14 @@ def test_subcommand_help_shows_defaults_and_an_example():
   assert "--finetune-steps" in demo.stdout and "(default: 150)" in demo.stdout
   train = _cli("train", "--help")
   assert train.returncode == 0
-  assert "--config=FILE[:ARGS]" in train.stdout and "example:" in train.stdout
-  assert "--overwrite" in train.stdout and "helpfull" not in train.stdout
+  assert "--data DATA" in train.stdout and "example:" in train.stdout
+  assert "--overwrite" in train.stdout and "(default: 400)" in train.stdout
+  research = _cli("train", f"--config={TOY_CONFIG}", "--help")
+  assert research.returncode == 0 and "--config=FILE[:ARGS]" in research.stdout
+  assert "helpfull" not in research.stdout
+  for command in ("segment", "evaluate"):
+    text = _cli(command, "--help").stdout
+    assert "example:" in text and "(default: builtin)" in text
 
 
 def test_train_rejects_bad_configs_in_one_line(tmp_path):

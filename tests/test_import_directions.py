@@ -20,7 +20,7 @@ ALLOWED = {
     # and the MAE's target space (norm-pix), to show reconstructions in voxel values
     "evaluation": {"evaluation", "models", "data", "losses.reconstruction"},
     "tasks": {"tasks", "models", "losses", "data", "evaluation", "training", "config_args",
-              "reference"},
+              "reference", "model_folder"},
     "reference": {"reference", "models"},
 }
 

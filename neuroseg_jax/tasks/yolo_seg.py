@@ -18,7 +18,9 @@ import jax.numpy as jnp
 import ml_collections
 import numpy as np
 
+from neuroseg_jax import model_folder
 from neuroseg_jax import tasks
+from neuroseg_jax.errors import ConfigError
 from neuroseg_jax.data import instance_targets
 from neuroseg_jax.data import neuron_datasets
 from neuroseg_jax.data import transforms2d
@@ -39,20 +41,20 @@ def split_samples(samples: list, data: ml_collections.ConfigDict) -> tuple[list,
   images (-1: all), so smaller label budgets are subsets of larger ones."""
   if data.fold >= 0:
     if not 0 <= data.fold < data.num_folds <= len(samples):
-      raise ValueError(f"data.fold={data.fold} needs 0 <= fold < num_folds={data.num_folds} "
+      raise ConfigError(f"data.fold={data.fold} needs 0 <= fold < num_folds={data.num_folds} "
                        f"<= number of images ({len(samples)})")
     folds = np.array_split(np.arange(len(samples)), data.num_folds)
     val_ids = set(folds[data.fold].tolist())
   else:
-    if not 0 < data.num_val < len(samples):
-      raise ValueError(f"data.num_val={data.num_val} must leave training images out of "
-                       f"{len(samples)}")
+    if not 0 <= data.num_val < len(samples):
+      raise ConfigError(f"data.num_val={data.num_val} must leave training images out of "
+                        f"{len(samples)} (0: train on all of them)")
     val_ids = set(range(len(samples) - data.num_val, len(samples)))
   train = [s for i, s in enumerate(samples) if i not in val_ids]
   val = [s for i, s in enumerate(samples) if i in val_ids]
   if data.num_train > 0:
     if data.num_train > len(train):
-      raise ValueError(f"data.num_train={data.num_train} but only {len(train)} training images")
+      raise ConfigError(f"data.num_train={data.num_train} but only {len(train)} training images")
     train = train[:data.num_train]
   return train, val
 
@@ -98,6 +100,17 @@ class YOLOSegTask(Task):
   def load_pretrained(self, params, model_state):
     if not self.config.pretrained:
       return None
+    if model_folder.is_model_folder(self.config.pretrained):  # a whole trained network
+      folder = model_folder.read(self.config.pretrained)
+      source = {"params": folder.variables["params"],
+                "model_state": {"batch_stats": folder.variables["batch_stats"]}}
+      variables = {"params": params, "model_state": model_state}
+      for path in ("params", "model_state/batch_stats"):
+        variables, count = transfer.copy_subtree(variables, source, path, path,
+                                                 source_name=self.config.pretrained)
+        logging.info("yolo_seg: loaded %d arrays of %s from model %s", count, path,
+                     self.config.pretrained)
+      return variables["params"], variables["model_state"]
     loaded, count = transfer.load_pretrained({"params": params, "model_state": model_state},
                                              self.config.pretrained, list(BACKBONE_TRANSFER))
     logging.info("yolo_seg: loaded %d pre-trained backbone arrays from %s", count,
@@ -115,6 +128,8 @@ class YOLOSegTask(Task):
     return self.model.apply({"params": params, **model_state}, batch["image"], train=False)
 
   def evaluators(self, workdir: str):
+    if not self.val_samples:  # trained on every labeled image
+      return []
     size = self.config.eval.image_size or self.config.data.image_size
     figures = os.path.join(workdir, "figures") if self.config.eval.figures else None
     return [neuron_evaluator.NeuronSegEvaluator(

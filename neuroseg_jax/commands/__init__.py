@@ -1,0 +1,1 @@
+"""User commands of the `neuroseg-jax` console script, one module each."""

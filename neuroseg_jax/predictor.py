@@ -1,0 +1,87 @@
+"""A trained NeuroSeg-III model for users: `load_model("builtin" | MODEL_DIR).predict(images)`.
+
+  model = neuroseg_jax.load_model("builtin")
+  found = model.predict([summary_image])       # [H, W] grayscale, any size
+  found[0].masks, found[0].scores              # [N, H, W] bool, [N] float32
+
+Images are segmented at their own pixel scale (the built-in model expects about
+0.8 um per pixel, as in the Allen Brain Observatory): fields up to the model's
+tile size run in one pass, larger ones in overlapping tiles
+(`evaluation.tiled_inference.segment_field`). Detections are kept at the
+model's confidence threshold, which was chosen on its training images and is
+stored in the model folder (`model_folder.py`); `conf_threshold=` overrides it.
+"""
+
+from __future__ import annotations
+
+import os
+from typing import Sequence
+
+import jax
+import numpy as np
+
+from neuroseg_jax import model_folder
+from neuroseg_jax.data import summary_images
+from neuroseg_jax.errors import DataError
+from neuroseg_jax.evaluation import tiled_inference
+from neuroseg_jax.evaluation import yolo_postprocess as post
+from neuroseg_jax.models import yolo_seg
+
+BUILTIN_MODELS = {"builtin": os.path.join(os.path.dirname(__file__), "builtin", "neuroseg3_abo")}
+LOW_CONFIDENCE = 0.001  # detections kept before the threshold (for calibration sweeps)
+
+
+class NeuronModel:
+  """A NeuroSeg-III network with its weights, input spec and confidence threshold."""
+
+  def __init__(self, folder: model_folder.ModelFolder, source: str):
+    self.source = source
+    self.spec = folder.spec
+    self.channels = tuple(self.spec["input"]["channels"])
+    self.normalization = self.spec["input"]["normalization"]
+    self.tile_size = int(self.spec["input"]["tile_size"])
+    self.overlap = int(self.spec["input"]["overlap"])
+    self.conf_threshold = float(self.spec["conf_threshold"])
+    self.settings = post.PostprocessSettings(**{**self.spec.get("postprocess", {}),
+                                                "conf_threshold": LOW_CONFIDENCE})
+    network = yolo_seg.build_yolo_seg({**self.spec["architecture"], "dtype": "float32"})
+    variables = jax.device_put(folder.variables)
+    apply = jax.jit(lambda v, x: network.apply(v, x, train=False))
+    self._predict = lambda batch: jax.device_get(apply(variables, batch["image"]))
+
+  def network_input(self, image: np.ndarray | dict) -> np.ndarray:
+    """[H, W] grayscale image, or {channel name: [H, W]} summary images -> [H, W, C]."""
+    if not isinstance(image, dict):
+      image = np.asarray(image, np.float32)
+      if image.ndim != 2:
+        raise DataError("image", f"expected a 2-D [H, W] image, got shape {image.shape}")
+      image = {name: image for name in set(self.channels)}
+    missing = sorted(set(self.channels) - set(image))
+    if missing:
+      raise DataError("image", f"the model needs summary images {missing}, got {sorted(image)}")
+    return summary_images.stack_channels(image, self.channels, self.normalization)
+
+  def detect(self, network_image: np.ndarray, batch_size: int = 4) -> post.Instances:
+    """[H, W, C] network input -> every detection above a low confidence, by score."""
+    tiles = (len(tiled_inference.tile_origins(network_image.shape[0], self.tile_size,
+                                              self.overlap)) *
+             len(tiled_inference.tile_origins(network_image.shape[1], self.tile_size,
+                                              self.overlap)))
+    return tiled_inference.segment_field(network_image, self._predict, self.tile_size,
+                                         self.overlap, self.settings, min(batch_size, tiles))
+
+  def predict(self, images: Sequence[np.ndarray | dict],
+              conf_threshold: float | None = None) -> list[post.Instances]:
+    """Instances (masks [N, H, W] bool, scores [N]) of each image, at the model's threshold."""
+    threshold = self.conf_threshold if conf_threshold is None else conf_threshold
+    found = []
+    for image in images:
+      instances = self.detect(self.network_input(image))
+      found.append(instances.select(instances.scores >= threshold))
+    return found
+
+
+def load_model(name_or_path: str = "builtin") -> NeuronModel:
+  """The built-in model ("builtin") or a model folder written by `neuroseg-jax train`."""
+  path = BUILTIN_MODELS.get(name_or_path, name_or_path)
+  return NeuronModel(model_folder.read(path), name_or_path)

@@ -1,0 +1,87 @@
+"""Model folders: round trip, checksum, loud failures; a model from one predicts any size."""
+
+import json
+import os
+
+import jax
+import numpy as np
+import pytest
+
+from neuroseg_jax import model_folder
+from neuroseg_jax import predictor
+from neuroseg_jax.errors import DataError
+from neuroseg_jax.models import yolo_seg
+
+ARCHITECTURE = {"scale": "n", "block": "c2f_faster_ema", "neck": "bifpn", "num_classes": 1,
+                "drop_path_rate": 0.0}
+SPEC = {"architecture": ARCHITECTURE,
+        "input": {"channels": ["image"] * 3, "normalization": "percentile", "tile_size": 64,
+                  "overlap": 16},
+        "conf_threshold": 0.0}
+
+
+def _variables():
+  network = yolo_seg.build_yolo_seg({**ARCHITECTURE, "dtype": "float32"})
+  variables = network.init({"params": jax.random.key(0), "drop_path": jax.random.key(0)},
+                           np.zeros((1, 64, 64, 3), np.float32), train=False)
+  return jax.tree.map(np.asarray, jax.device_get(dict(variables)))
+
+
+@pytest.fixture(scope="module")
+def written(tmp_path_factory):
+  path = str(tmp_path_factory.mktemp("model"))
+  variables = _variables()
+  model_folder.write(path, SPEC, variables, "# card\n")
+  return path, variables
+
+
+def test_round_trip_keeps_weights_to_float16_precision(written):
+  path, variables = written
+  folder = model_folder.read(path)
+  assert folder.spec["conf_threshold"] == 0.0 and folder.spec["storage_dtype"] == "float16"
+  saved, original = jax.tree.leaves(folder.variables), jax.tree.leaves(variables)
+  assert len(saved) == len(original) > 100
+  for a, b in zip(saved, original):
+    assert a.dtype == np.float32
+    np.testing.assert_allclose(a, b, rtol=1e-3, atol=1e-4)
+  assert os.path.isfile(os.path.join(path, "MODEL_CARD.md"))
+
+
+def test_damaged_weights_fail_the_checksum(written, tmp_path):
+  path, _ = written
+  copy = tmp_path / "copy"
+  copy.mkdir()
+  for name in os.listdir(path):
+    (copy / name).write_bytes((open(os.path.join(path, name), "rb")).read())
+  weights = copy / "weights.npz"
+  data = bytearray(weights.read_bytes())
+  data[len(data) // 2] ^= 0xFF
+  weights.write_bytes(bytes(data))
+  with pytest.raises(DataError, match=r"weights.npz: checksum mismatch"):
+    model_folder.read(str(copy))
+
+
+def test_not_a_model_folder(tmp_path):
+  with pytest.raises(DataError, match="model folder not found"):
+    model_folder.read(str(tmp_path / "nope"))
+  with pytest.raises(DataError, match="not a model folder"):
+    model_folder.read(str(tmp_path))
+  (tmp_path / "model.json").write_text(json.dumps({"format": 99}))
+  with pytest.raises(DataError, match="model format 99"):
+    model_folder.read(str(tmp_path))
+
+
+def test_predict_on_fields_smaller_and_larger_than_a_tile(written):
+  path, _ = written
+  model = predictor.load_model(path)
+  rng = np.random.default_rng(0)
+  small, large = rng.random((40, 50)), rng.random((100, 150))
+  found = model.predict([small, large], conf_threshold=0.0)
+  assert found[0].masks.shape[1:] == (40, 50) and found[1].masks.shape[1:] == (100, 150)
+  for instances in found:
+    assert len(instances.scores) == len(instances.masks)
+    assert np.all(np.diff(instances.scores) <= 0), "by descending score"
+  again = model.predict([large], conf_threshold=0.0)[0]
+  np.testing.assert_array_equal(again.scores, found[1].scores)
+  with pytest.raises(DataError, match=r"expected a 2-D \[H, W\] image"):
+    model.predict([np.zeros((4, 5, 6))])
