@@ -68,14 +68,16 @@ def _segment(argv: list[str]) -> None:
       "table, overlay and summary images; for movies also fluorescence traces (raw, "
       "neuropil, corrected F, dF/F) and optionally NWB.",
       "neuroseg-jax segment ../shared/data/sima_movie/example.tif --out results/")
-  parser.add_argument("inputs", nargs="+", metavar="INPUT", help=(
+  parser.add_argument("inputs", nargs="*", metavar="INPUT", help=(
       "movies (multipage TIFF, HDF5, folder of frame TIFFs) or summary images "
-      "(jpg/png/single-page tif)"))
+      "(jpg/png/single-page tif); none: a simulated recording, scored against its truth"))
   parser.add_argument("--out", required=True, help="output folder")
   parser.add_argument("--model", default="builtin", help="'builtin' or a model folder "
                       "written by `neuroseg-jax train`")
-  parser.add_argument("--projection", default="mean", help="summary image of a movie that the "
-                      "model segments (mean, max, std, robust_max, corr)")
+  parser.add_argument("--projection", default="corr", help="summary image of a movie that the "
+                      "model segments (corr, mean, max, std, robust_max); the correlation "
+                      "image shows active cells, which is what the built-in model was "
+                      "trained to find")
   parser.add_argument("--no-motion", action="store_true",
                       help="skip rigid motion correction of movies")
   parser.add_argument("--nwb", action="store_true", help="also write NAME.nwb (movies)")
@@ -85,10 +87,19 @@ def _segment(argv: list[str]) -> None:
 
   def job():
     from neuroseg_jax.commands import segment  # pylint: disable=g-import-not-at-top
-    results = segment.segment(args.inputs, args.out, args.model, args.projection,
+    inputs, truth = args.inputs, None
+    if not inputs:
+      print("no INPUT given: segmenting a simulated recording (256 x 256 px, 600 frames)")
+      path, truth = segment.simulated_recording(args.out)
+      inputs = [path]
+    results = segment.segment(inputs, args.out, args.model, args.projection,
                               not args.no_motion, args.nwb, args.frame_rate, args.dataset)
     for result in results:
       print(f"{result.name}: {result.neurons} neurons -> {', '.join(result.files)}")
+    if truth is not None:
+      counts = segment.score_against(results[0].files[0], truth)
+      print(f"against the simulator's {len(truth)} active neurons: precision "
+            f"{counts.precision:.3f} recall {counts.recall:.3f} F1 {counts.f1:.3f}")
     print(f"found {sum(r.neurons for r in results)} neurons in {len(results)} input(s); "
           f"files in {args.out}")
 

@@ -14,6 +14,7 @@ stored in the model folder (`model_folder.py`); `conf_threshold=` overrides it.
 
 from __future__ import annotations
 
+import functools
 import os
 from typing import Sequence
 
@@ -29,6 +30,7 @@ from neuroseg_jax.models import yolo_seg
 
 BUILTIN_MODELS = {"builtin": os.path.join(os.path.dirname(__file__), "builtin", "neuroseg3_abo")}
 LOW_CONFIDENCE = 0.001  # detections kept before the threshold (for calibration sweeps)
+STRIDE = 32  # the network's largest stride: input sides are multiples of it
 
 
 class NeuronModel:
@@ -63,12 +65,14 @@ class NeuronModel:
 
   def detect(self, network_image: np.ndarray, batch_size: int = 4) -> post.Instances:
     """[H, W, C] network input -> every detection above a low confidence, by score."""
-    tiles = (len(tiled_inference.tile_origins(network_image.shape[0], self.tile_size,
-                                              self.overlap)) *
-             len(tiled_inference.tile_origins(network_image.shape[1], self.tile_size,
-                                              self.overlap)))
-    return tiled_inference.segment_field(network_image, self._predict, self.tile_size,
-                                         self.overlap, self.settings, min(batch_size, tiles))
+    height, width = network_image.shape[:2]
+    # A field smaller than a tile runs as one input just large enough (a multiple of 32).
+    tile = min(self.tile_size, -(-max(height, width) // STRIDE) * STRIDE)
+    tiles = (len(tiled_inference.tile_origins(height, tile, self.overlap)) *
+             len(tiled_inference.tile_origins(width, tile, self.overlap)))
+    return tiled_inference.segment_field(network_image, self._predict, tile,
+                                         min(self.overlap, tile // 2), self.settings,
+                                         min(batch_size, tiles))
 
   def predict(self, images: Sequence[np.ndarray | dict],
               conf_threshold: float | None = None) -> list[post.Instances]:
@@ -81,7 +85,12 @@ class NeuronModel:
     return found
 
 
+@functools.lru_cache(maxsize=4)
 def load_model(name_or_path: str = "builtin") -> NeuronModel:
-  """The built-in model ("builtin") or a model folder written by `neuroseg-jax train`."""
+  """The built-in model ("builtin") or a model folder written by `neuroseg-jax train`.
+
+  Loaded models are kept (up to 4 per process), so repeated calls reuse the
+  compiled network.
+  """
   path = BUILTIN_MODELS.get(name_or_path, name_or_path)
   return NeuronModel(model_folder.read(path), name_or_path)

@@ -9,7 +9,6 @@ maximises F1 on the training images, and a model card.
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 from pathlib import Path
@@ -140,7 +139,5 @@ def train_model(data: str, out: str, num_steps: int = 400, val_fraction: float =
                    "validation F1": round(counts.f1, 4)})
   card = _card(config, [s.name for s in task.train_samples], scores,
                _training_seconds(os.path.join(out, "run")), command)
-  model_folder.write(out, _spec(config, threshold), variables, card)
-  with open(os.path.join(out, "scores.json"), "w") as f:
-    json.dump(scores, f, indent=2)
+  model_folder.write(out, {**_spec(config, threshold), "scores": scores}, variables, card)
   return scores

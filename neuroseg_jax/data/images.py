@@ -30,7 +30,9 @@ def read_summary_image(path) -> np.ndarray:
       raise DataError(path, "colour image: channels differ, expected grayscale")
     image = image[..., 0]
   if image.ndim != 2:
-    raise DataError(path, f"expected a 2-D grayscale image [H, W], got shape {image.shape}")
+    hint = ("; a movie? `neuroseg-jax segment` makes summary images from movies"
+            if image.ndim == 3 else "")
+    raise DataError(path, f"expected a 2-D grayscale image [H, W], got shape {image.shape}{hint}")
   if image.size == 0:
     raise DataError(path, "empty image")
   check_pixel_dtype(path, image.dtype)

@@ -1,0 +1,157 @@
+"""`neuroseg-jax segment`: recordings or summary images -> neurons, their outlines and traces.
+
+Per input NAME, written to the output folder:
+  NAME_masks.tif     uint16 [H, W] instance labels (0 = background; overlaps go to
+                     the higher-scoring neuron)
+  NAME_rois.csv      id, centroid, area, score, mean intensity
+  NAME_overlay.png   numbered outlines on the summary image
+  NAME_summary.tif   float32 [C, H, W] summary images used (C named in its description)
+for movies also
+  NAME_traces.npz / NAME_traces.csv   raw, neuropil, corrected F and dF/F per frame
+  NAME.nwb           with --nwb: segmentation, traces and summary images in NWB
+A movie is streamed: motion is estimated by phase correlation (unless --no-motion),
+summary images and traces are computed chunk by chunk, so memory is bounded by
+the chunk, not by the recording length.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import os
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from neuroseg_jax import predictor
+from neuroseg_jax.data import atomic_files
+from neuroseg_jax.data import images
+from neuroseg_jax.data import motion
+from neuroseg_jax.data import movies
+from neuroseg_jax.data import nwb
+from neuroseg_jax.data import roi_outputs
+from neuroseg_jax.data import summary_images
+from neuroseg_jax.data import traces as traces_lib
+from neuroseg_jax.data import twophoton_sim
+from neuroseg_jax.errors import DataError
+from neuroseg_jax.evaluation import figures
+from neuroseg_jax.evaluation import neuron_matching
+
+SUMMARY_SUFFIXES = (".jpg", ".jpeg", ".png")
+MOVIE_SUFFIXES = (".h5", ".hdf5")
+
+
+@dataclasses.dataclass
+class Segmented:
+  """What one input produced: its name, neuron count and the files written."""
+  name: str
+  neurons: int
+  files: list[str]
+
+
+def is_movie(path: Path) -> bool:
+  """A folder of frames, an HDF5 file or a multipage TIFF; single images are not."""
+  if path.is_dir() or path.suffix.lower() in MOVIE_SUFFIXES:
+    return True
+  if path.suffix.lower() in (".tif", ".tiff"):
+    try:
+      with tifffile.TiffFile(path) as tiff:
+        series = tiff.series[0]
+        return len(series.shape) == 3 and series.shape[-1] not in (3, 4)
+    except Exception as e:  # tifffile raises many types on junk files
+      raise DataError(path, f"not a readable TIFF file ({e})") from e
+  if path.suffix.lower() in SUMMARY_SUFFIXES:
+    return False
+  raise DataError(path, "unknown input type; expected a movie (multipage .tif, .h5, a folder "
+                  "of frames) or a summary image (.tif, .png, .jpg)")
+
+
+def _write_summary(path: str, summary: dict) -> None:
+  names = sorted(summary)
+  stack = np.stack([np.asarray(summary[n], np.float32) for n in names])
+  with atomic_files.atomic_path(path) as temporary:
+    tifffile.imwrite(temporary, stack, description=",".join(names))
+
+
+def _save_overlay(path: str, image: np.ndarray, masks: np.ndarray, title: str) -> None:
+  empty = np.zeros((0, *image.shape), bool)
+  figures.save_outline_figure(path, image, empty, masks, title, numbered=True)
+
+
+def segment_input(path: Path, out: Path, model: predictor.NeuronModel, projection: str,
+                  correct_motion: bool, write_nwb: bool, frame_rate: float,
+                  dataset: str | None) -> Segmented:
+  """Segments one input and writes its files; returns what was written."""
+  name = path.stem if path.is_file() else path.name
+  movie = None
+  if is_movie(path):
+    reader_args = {"key": dataset} if dataset else {}
+    movie = movies.open_movie(path, **reader_args)
+    if len(movie) < 2:
+      raise DataError(path, "a movie needs at least 2 frames")
+    if correct_motion:
+      movie = motion.ShiftedMovie(movie, motion.estimate_shifts(movie))
+    summary = summary_images.compute_summary_images(movie)
+    image = summary[projection]
+  else:
+    image = images.read_summary_image(path)
+    summary = {"image": image}
+  found = model.predict([image])[0]
+  prefix = str(out / name)
+  files = [prefix + "_masks.tif", prefix + "_rois.csv", prefix + "_overlay.png",
+           prefix + "_summary.tif"]
+  intensity = summary.get("mean", image)
+  roi_outputs.write_label_image(files[0], found.masks, found.scores)
+  roi_outputs.write_roi_table(files[1], found.masks, found.scores,
+                              np.array([intensity[m].mean() for m in found.masks], np.float32))
+  _save_overlay(files[2], image, found.masks, f"{name}: {len(found)} neurons")
+  _write_summary(files[3], summary)
+  if movie is not None:
+    traces = traces_lib.extract_traces(movie, found.masks,
+                                       baseline_window=max(1, round(60 * frame_rate)))
+    files += [str(p) for p in roi_outputs.write_traces(prefix, traces, frame_rate)]
+    if write_nwb:
+      files.append(prefix + ".nwb")
+      nwb.write_nwb(files[-1], found.masks, traces, summary, frame_rate)
+  return Segmented(name, len(found), files)
+
+
+def segment(inputs: list[str], out: str, model_name: str = "builtin", projection: str = "corr",
+            correct_motion: bool = True, write_nwb: bool = False, frame_rate: float = 30.0,
+            dataset: str | None = None, progress: bool = True) -> list[Segmented]:
+  """Checks every input first, then segments each into `out`; returns what was written."""
+  paths = [Path(p) for p in inputs]
+  for path in paths:
+    if not path.exists():
+      raise DataError(path, "no such file or folder")
+  if projection not in summary_images.SUMMARY_NAMES:
+    raise DataError("--projection", f"unknown summary image {projection!r}; valid choices: "
+                    f"{', '.join(summary_images.SUMMARY_NAMES)}")
+  model = predictor.load_model(model_name)
+  os.makedirs(out, exist_ok=True)
+  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
+  results = []
+  for path in tqdm(paths, unit="input", disable=not progress):
+    results.append(segment_input(path, Path(out), model, projection, correct_motion, write_nwb,
+                                 frame_rate, dataset))
+  return results
+
+
+def simulated_recording(out: str, size: int = 256, frames: int = 600,
+                        seed: int = 0) -> tuple[str, np.ndarray]:
+  """Writes a simulated recording to OUT/simulated_recording.tif; returns (path, true
+  masks [N, H, W] of its active cells), for a first run without data of one's own."""
+  config = twophoton_sim.SimulationConfig(height=size, width=size, frames=frames)
+  recording = twophoton_sim.simulate_recording(config, seed)
+  os.makedirs(out, exist_ok=True)
+  path = os.path.join(out, "simulated_recording.tif")
+  tifffile.imwrite(path, np.clip(recording.movie, 0, 65535).astype(np.uint16))
+  return path, recording.masks[recording.active]
+
+
+def score_against(labels_path: str, true_masks: np.ndarray) -> neuron_matching.Counts:
+  """Counts of the instance-label image at `labels_path` against true masks."""
+  labels = tifffile.imread(labels_path)
+  masks = np.stack([labels == i for i in np.unique(labels) if i]) if labels.any() else \
+      np.zeros((0, *labels.shape), bool)
+  return neuron_matching.counts_from_iou(neuron_matching.mask_iou_matrix(masks, true_masks))

@@ -1,0 +1,200 @@
+"""Rigid motion correction of a movie [T, H, W] by phase correlation, streamed.
+
+`estimate_shifts` returns one (dy, dx) per frame ([T, 2] float32, pixels): the
+displacement of the frame's content relative to the reference image, in the
+convention of `scipy.ndimage.shift` and of the simulator's `Recording.shifts`:
+frame[y, x] ~= reference[y - dy, x - dx]. `ShiftedMovie(movie, shifts)` is a lazy
+Movie whose frames are shifted back on read (out[y, x] = frame[y + dy, x + dx],
+bilinear, edges repeated), so summary images and trace extraction read a corrected
+movie chunk by chunk and memory stays bounded by one chunk, whatever T is.
+
+Estimation, per chunk of frames, in NumPy (scipy.fft, float32; faster than
+jnp.fft on a 2-core CPU for these sizes):
+  * the central `max_size` x `max_size` window of each frame (all of it if smaller)
+    is averaged over `binning` x `binning` blocks, mean-subtracted and tapered at its
+    edges (so the circular FFT sees no edge jump). A 256-pixel window binned by 2 (a
+    128 x 128 FFT, ~0.2 ms a frame) still holds ~80 ABO-sized somata and keeps the
+    FFT from dominating the movie-to-traces time;
+  * the cross-power spectrum with the reference is whitened (phase correlation)
+    and low-passed by a Gaussian of sigma 1 binned pixel (as Suite2p's smooth_sigma),
+    which makes the correlation peak smooth enough for a sub-pixel fit;
+  * the peak is searched within +-max_shift pixels and refined by a parabola
+    through it and its two neighbours along each axis.
+Accuracy is ~0.1 binned pixel on somata-rich frames (so ~0.2 px at binning 2).
+
+The default reference is the mean of the first `reference_frames` frames,
+refined once: those frames are aligned to their mean and averaged again, which
+sharpens a reference blurred by motion.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import scipy.fft
+
+from neuroseg_jax.data.movies import Movie, as_movie
+from neuroseg_jax.errors import DataError
+
+DEFAULT_CHUNK_SIZE = 50  # frames per read and batched FFT; 200 measured slower (bigger buffers).
+_TAPER_FRACTION = 0.125  # of the FFT window, at each edge.
+_SMOOTH_SIGMA = 1.0  # binned pixels, Gaussian low-pass of the phase correlation.
+
+
+def _pad_edges(frame: np.ndarray, pad: int, padded: np.ndarray) -> None:
+  """Writes `frame` [H, W] into `padded` [H + 2 pad, W + 2 pad], edge pixels repeated."""
+  padded[pad:-pad, pad:-pad] = frame
+  padded[:pad, pad:-pad] = frame[:1]
+  padded[-pad:, pad:-pad] = frame[-1:]
+  padded[:, :pad] = padded[:, pad:pad + 1]
+  padded[:, -pad:] = padded[:, -pad - 1:-pad]
+
+
+def shift_frames(frames: np.ndarray, shifts: np.ndarray) -> np.ndarray:
+  """Frames [n, H, W] displaced by shifts [n, 2] (dy, dx) -> [n, H, W] float32 moved
+  back: out[i, y, x] = frames[i, y + dy_i, x + dx_i], bilinear, the edge pixels
+  repeated outside the frame. Integer shifts copy pixels exactly.
+
+  One frame at a time through reused buffers, the arithmetic in place: ~0.4 ms a
+  487 x 487 frame, ~30% less than padding the whole chunk and using temporaries.
+  """
+  frames = np.asarray(frames, np.float32)
+  shifts = np.asarray(shifts, np.float64)
+  whole = np.floor(shifts).astype(int)
+  fractions = (shifts - whole).astype(np.float32)
+  height, width = frames.shape[1:]
+  pad = int(np.abs(whole).max(initial=0)) + 1
+  padded = np.empty((height + 2 * pad, width + 2 * pad), np.float32)
+  rows = np.empty((height, width + 1), np.float32)  # interpolated along y.
+  out = np.empty_like(frames)
+  for frame, (y0, x0), (fy, fx), moved in zip(frames, whole, fractions, out):
+    _pad_edges(frame, pad, padded)
+    view = padded[pad + y0:pad + y0 + height + 1, pad + x0:pad + x0 + width + 1]
+    np.subtract(view[1:], view[:-1], out=rows)
+    rows *= fy
+    rows += view[:-1]
+    np.subtract(rows[:, 1:], rows[:, :-1], out=moved)
+    moved *= fx
+    moved += rows[:, :-1]
+  return out
+
+
+def _edge_taper(size: int) -> np.ndarray:
+  """[size] weights rising as sin^2 from ~0 to 1 over the outer _TAPER_FRACTION."""
+  ramp = max(1.0, _TAPER_FRACTION * size)
+  distance = np.minimum(np.arange(size), np.arange(size)[::-1]) + 0.5
+  return (np.sin(0.5 * np.pi * np.minimum(distance / ramp, 1.0)) ** 2).astype(np.float32)
+
+
+class _PhaseCorrelator:
+  """Phase correlation of frames against one reference [H, W], in a binned window."""
+
+  def __init__(self, source: str, reference: np.ndarray, max_size: int, binning: int,
+               max_shift: float):
+    height, width = reference.shape
+    self.binning = binning
+    size = [min(n, max_size) // binning * binning for n in (height, width)]
+    if min(size) < 8 * binning:
+      raise DataError(source, f"frames of {height}x{width} are too small for motion "
+                      f"estimation binned by {binning} (at least {8 * binning} px a side)")
+    self.rows, self.cols = (slice((n - s) // 2, (n - s) // 2 + s)
+                            for n, s in zip((height, width), size))
+    self.shape = (size[0] // binning, size[1] // binning)
+    self.taper = np.outer(*(_edge_taper(n) for n in self.shape))
+    ky = scipy.fft.fftfreq(self.shape[0])[:, None]
+    kx = scipy.fft.rfftfreq(self.shape[1])[None, :]
+    lowpass = np.exp(-2 * (np.pi * _SMOOTH_SIGMA) ** 2 * (ky ** 2 + kx ** 2))
+    self.filter = (lowpass * np.conj(self._spectrum(reference[None])[0])).astype(np.complex64)
+    # The search reaches one pixel beyond max_shift so the peak keeps both neighbours.
+    reach = int(min(np.ceil(max_shift / binning), min(self.shape) // 2 - 2)) + 1
+    self.offsets = np.arange(-reach, reach + 1)
+
+  def _spectrum(self, frames: np.ndarray) -> np.ndarray:
+    """[n, H, W] -> [n, h, w // 2 + 1] complex64 rfft of the binned, tapered window."""
+    window, b = frames[:, self.rows, self.cols], self.binning
+    binned = np.zeros((len(frames), *self.shape), np.float32)
+    for dy in range(b):  # b * b strided adds: ~3x faster than a reshaped mean.
+      for dx in range(b):
+        binned += window[:, dy::b, dx::b]
+    binned -= binned.mean(axis=(1, 2), keepdims=True)  # the scale does not matter.
+    return scipy.fft.rfft2(binned * self.taper, workers=-1)
+
+  def shifts(self, frames: np.ndarray) -> np.ndarray:
+    """[n, H, W] -> [n, 2] float32 displacements (dy, dx) in full-resolution pixels."""
+    cross = self._spectrum(frames) * self.filter
+    cross /= np.abs(cross) + 1e-12
+    corr = scipy.fft.irfft2(cross, s=self.shape, workers=-1)
+    ys, xs = (self.offsets % n for n in self.shape)
+    near = corr[:, ys][:, :, xs]  # [n, 2r + 1, 2r + 1], offset 0 at the centre.
+    inner = near[:, 1:-1, 1:-1].reshape(len(near), -1)
+    iy, ix = np.unravel_index(np.argmax(inner, axis=1), near[0, 1:-1, 1:-1].shape)
+    iy, ix, frame = iy + 1, ix + 1, np.arange(len(near))
+    peak = near[frame, iy, ix]
+    refined = [_parabola_offset(near[frame, iy - 1, ix], peak, near[frame, iy + 1, ix]),
+               _parabola_offset(near[frame, iy, ix - 1], peak, near[frame, iy, ix + 1])]
+    offsets = np.stack([self.offsets[iy], self.offsets[ix]], axis=1) + np.stack(refined, axis=1)
+    return (offsets * self.binning).astype(np.float32)
+
+
+def _parabola_offset(before: np.ndarray, peak: np.ndarray, after: np.ndarray) -> np.ndarray:
+  """Vertex of the parabola through (-1, before), (0, peak), (1, after), in [-0.5, 0.5]."""
+  curvature = before - 2 * peak + after
+  safe = np.where(curvature < 0, curvature, -1.0)
+  return np.where(curvature < 0, np.clip(0.5 * (before - after) / safe, -0.5, 0.5), 0.0)
+
+
+def _default_reference(movie: Movie, num_frames: int, correlator_args: dict) -> np.ndarray:
+  """Mean of the first frames, aligned once to their own mean and averaged again."""
+  first = movie[:num_frames]
+  mean = first.mean(axis=0)
+  shifts = _PhaseCorrelator(movie.source, mean, **correlator_args).shifts(first)
+  return shift_frames(first, shifts).mean(axis=0)
+
+
+def estimate_shifts(movie, reference: np.ndarray | None = None,
+                    chunk_size: int = DEFAULT_CHUNK_SIZE, reference_frames: int = 200,
+                    max_shift: float = 20.0, max_size: int = 256,
+                    binning: int = 2) -> np.ndarray:
+  """Movie [T, H, W] (a Movie or an array) -> [T, 2] float32 rigid shifts (dy, dx).
+
+  Args:
+    movie: the recording, read `chunk_size` frames at a time.
+    reference: [H, W] image the frames are aligned to; None: the refined mean of
+      the first `reference_frames` frames (see the module docstring).
+    chunk_size: frames per read and per batched FFT.
+    reference_frames: frames averaged for the default reference.
+    max_shift: largest displacement searched, pixels per axis (also capped by the
+      binned FFT window: half its side, minus two binned pixels).
+    max_size: side of the central window used, pixels (before binning).
+    binning: block size the window is averaged over; 1 keeps full resolution.
+  """
+  movie = as_movie(movie)
+  correlator_args = dict(max_size=max_size, binning=binning, max_shift=max_shift)
+  if reference is None:
+    reference = _default_reference(movie, reference_frames, correlator_args)
+  reference = np.asarray(reference, np.float32)
+  if reference.shape != movie.shape[1:]:
+    raise DataError(movie.source, f"reference image is {reference.shape}, frames are "
+                    f"{movie.shape[1:]}")
+  correlator = _PhaseCorrelator(movie.source, reference, **correlator_args)
+  return np.concatenate([correlator.shifts(movie[start:start + chunk_size])
+                         for start in range(0, len(movie), chunk_size)])
+
+
+class ShiftedMovie(Movie):
+  """A Movie [T, H, W] float32 whose frames are those of `movie` moved back by
+  `shifts` [T, 2] (from `estimate_shifts`) when read; closing it closes `movie`."""
+
+  def __init__(self, movie, shifts: np.ndarray):
+    self._movie = as_movie(movie)
+    self.source = f"{self._movie.source} (motion-corrected)"
+    self.shape, self.dtype = self._movie.shape, np.dtype(np.float32)
+    self.shifts = np.asarray(shifts, np.float32)
+    if self.shifts.shape != (len(self._movie), 2) or not np.isfinite(self.shifts).all():
+      raise DataError(self._movie.source, f"shifts must be finite [T, 2] = "
+                      f"[{len(self._movie)}, 2], got shape {self.shifts.shape}")
+
+  def _read(self, start: int, stop: int) -> np.ndarray:
+    return shift_frames(self._movie[start:stop], self.shifts[start:stop])
+
+  def close(self) -> None:
+    self._movie.close()
