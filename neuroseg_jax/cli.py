@@ -124,6 +124,7 @@ def _train(argv: list[str]) -> None:
   parser.add_argument("--steps", type=int, default=400, help="training steps (batch 8)")
   parser.add_argument("--val", type=float, default=0.0,
                       help="fraction of the images held out for validation")
+  parser.add_argument("--scale", default="s", help="network size: n, s (NeuroSeg-III), m, l")
   parser.add_argument("--overwrite", action="store_true",
                       help="replace a training run of other data or settings in --out")
   args = parser.parse_args(argv)
@@ -131,7 +132,8 @@ def _train(argv: list[str]) -> None:
   def job():
     from neuroseg_jax.commands import train_model  # pylint: disable=g-import-not-at-top
     scores = train_model.train_model(args.data, args.out, args.steps, args.val, args.init,
-                                     args.overwrite, " ".join(["neuroseg-jax train", *argv]))
+                                     args.overwrite, " ".join(["neuroseg-jax train", *argv]),
+                                     args.scale)
     for name, value in scores.items():
       print(f"{name}: {value}")
     print(f"model written to {args.out}")

@@ -110,3 +110,10 @@ def test_bad_masks_are_data_errors():
     as_masks(np.zeros((2, 5, 5), bool))
   with pytest.raises(DataError, match="ROI masks are"):
     extract_traces(np.zeros((5, 8, 8), np.float32), np.ones((1, 9, 9), bool))
+
+
+def test_no_rois_gives_empty_traces_of_the_movie_length():
+  movie = np.random.default_rng(0).random((30, 32, 32)).astype(np.float32)
+  result = extract_traces(movie, np.zeros((0, 32, 32), bool))
+  assert result.dff.shape == (0, 30) and result.raw.shape == (0, 30)
+  assert result.mean_intensity.shape == (0,)

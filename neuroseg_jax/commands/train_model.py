@@ -33,7 +33,7 @@ INTENDED_USE = ("Two-photon GCaMP6 calcium imaging of mouse cortex, ABO-like sum
 
 
 def recipe_config(data: str, num_steps: int, val_fraction: float, init: str,
-                  seed: int = 0) -> ml_collections.ConfigDict:
+                  scale: str = "s", seed: int = 0) -> ml_collections.ConfigDict:
   """The real-data recipe on `data` (YOLO layout), validating on the last images."""
   count = len(images.list_yolo_folder(data))
   num_val = int(round(val_fraction * count))
@@ -45,7 +45,7 @@ def recipe_config(data: str, num_steps: int, val_fraction: float, init: str,
   pretrained = {"scratch": ""}.get(init, predictor.BUILTIN_MODELS.get(init, init))
   return config_loading.load_config(
       f"{CONFIG}:abo,source=yolo_folder,folder={os.path.abspath(data)},num_steps={num_steps},"
-      f"num_val={num_val},seed={seed},pretrained={pretrained}")
+      f"num_val={num_val},seed={seed},pretrained={pretrained},scale={scale}")
 
 
 def _hardware() -> str:
@@ -119,9 +119,9 @@ def _training_seconds(run_dir: str) -> float:
 
 def train_model(data: str, out: str, num_steps: int = 400, val_fraction: float = 0.0,
                 init: str = "scratch", overwrite: bool = False,
-                command: str = "neuroseg-jax train") -> dict:
+                command: str = "neuroseg-jax train", scale: str = "s") -> dict:
   """Trains on `data`, writes the model folder `out`; returns its scores."""
-  config = recipe_config(data, num_steps, val_fraction, init)
+  config = recipe_config(data, num_steps, val_fraction, init, scale)
   task = tasks.build(config)
   state = loop.train(task, os.path.join(out, "run"), overwrite=overwrite)
   variables = jax.tree.map(np.asarray, jax.device_get(

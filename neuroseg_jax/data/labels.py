@@ -44,7 +44,7 @@ def check_masks(source, masks: np.ndarray, image_hw=None) -> np.ndarray:
     raise DataError(source, f"labels are {masks.shape[1]}x{masks.shape[2]} but the image is "
                     f"{image_hw[0]}x{image_hw[1]} (labels outside the image)")
   masks = masks.astype(bool, copy=False)
-  empty = np.flatnonzero(~masks.reshape(len(masks), -1).any(axis=1))
+  empty = np.flatnonzero(~masks.any(axis=(1, 2)))
   if empty.size:
     raise DataError(source, f"instance {int(empty[0])} has an empty mask")
   return masks

@@ -73,7 +73,7 @@ def as_masks(masks, source: str = "masks") -> np.ndarray:
     raise DataError(source, f"expected masks [N, H, W] or a label image [H, W], got shape "
                     f"{masks.shape}")
   masks = masks.astype(bool, copy=False)
-  empty = np.flatnonzero(~masks.reshape(len(masks), -1).any(axis=1))
+  empty = np.flatnonzero(~masks.any(axis=(1, 2)))
   if empty.size:
     raise DataError(source, f"ROI {empty[0]} has no pixels ({empty.size} empty ROIs)")
   return masks
@@ -103,7 +103,7 @@ def neuropil_masks(masks, inner_gap: float = 2.0, outer_radius: float = 12.0,
 
 def _mean_operator(masks: np.ndarray) -> scipy.sparse.csr_matrix:
   """[K, H, W] bool, none empty -> [K, H*W] float32 CSR whose rows average their pixels."""
-  flat = scipy.sparse.csr_matrix(masks.reshape(len(masks), -1), dtype=np.float32)
+  flat = scipy.sparse.csr_matrix(masks.reshape(masks.shape[0], -1), dtype=np.float32)
   counts = np.diff(flat.indptr).astype(np.float32)
   flat.data /= np.repeat(counts, np.diff(flat.indptr))
   return flat
@@ -139,6 +139,11 @@ def extract_traces(movie, masks, neuropil_coefficient: float = 0.7,
   if masks.shape[1:] != movie.shape[1:]:
     raise DataError(movie.source, f"frames are {movie.shape[1:]}, ROI masks are "
                     f"{masks.shape[1:]}")
+  if not len(masks):  # nothing found: empty traces of the right length
+    empty = np.zeros((0, len(movie)), np.float32)
+    return Traces(raw=empty, neuropil=empty, corrected=empty, baseline=empty, dff=empty,
+                  mean_intensity=np.zeros(0, np.float32),
+                  neuropil_coefficient=float(neuropil_coefficient))
   annuli = neuropil_masks(masks, inner_gap, outer_radius, min_neuropil_pixels)
   operator = _mean_operator(np.concatenate([masks, annuli]))
   means = np.empty((operator.shape[0], len(movie)), np.float32)
