@@ -12,6 +12,7 @@ import shutil
 import subprocess
 import sys
 
+import jax
 import numpy as np
 import pytest
 from PIL import Image
@@ -24,8 +25,17 @@ from neuroseg_jax.commands import train_model
 from neuroseg_jax.data import images
 from neuroseg_jax.data import neuron_datasets
 from neuroseg_jax.errors import DataError
+from neuroseg_jax.models import yolo_seg
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
+
+
+def _initial_params():
+  network = yolo_seg.build_yolo_seg({"scale": "n", "block": "c2f_faster_ema", "neck": "bifpn",
+                                     "num_classes": 1, "dtype": "float32"})
+  variables = network.init({"params": jax.random.key(1), "drop_path": jax.random.key(1)},
+                           np.zeros((1, 64, 64, 3), np.float32), train=False)
+  return jax.tree.leaves(jax.device_get(variables["params"]))
 
 
 def _yolo_line(mask: np.ndarray) -> str:
@@ -77,6 +87,17 @@ def test_train_writes_a_model_folder_that_segment_and_evaluate_use(labeled_folde
   with open(tmp_path / "eval" / "evaluation.csv") as f:
     rows = list(csv.DictReader(f))
   assert list(rows[0]) == list(evaluate.COLUMNS) and rows[-1]["image"] == "pooled"
+
+  # --init MODEL_DIR starts from that model's weights (all of them, not only the backbone).
+  tuned = tmp_path / "tuned"
+  train_model.train_model(str(labeled_folder), str(tuned), num_steps=1, init=str(out),
+                          scale="n", val_fraction=0.5)
+  start = jax.tree.leaves(folder.variables["params"])
+  after = jax.tree.leaves(model_folder.read(str(tuned)).variables["params"])
+  scratch = _initial_params()
+  moved = max(float(np.abs(a - b).max()) for a, b in zip(after, start))
+  apart = max(float(np.abs(a - b).max()) for a, b in zip(scratch, start))
+  assert moved < 0.1 * apart, (moved, apart)
 
 
 def test_train_rejects_bad_folders_in_one_line(labeled_folder, tmp_path):
