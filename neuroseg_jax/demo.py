@@ -19,13 +19,11 @@ import time
 from pathlib import Path
 
 import jax
-import numpy as np
-import tifffile
 
 from neuroseg_jax import config_loading
 from neuroseg_jax import tasks
 from neuroseg_jax.data import images
-from neuroseg_jax.data import labels
+from neuroseg_jax.data import roi_outputs
 from neuroseg_jax.errors import DataError
 from neuroseg_jax.evaluation import figures
 from neuroseg_jax.evaluation import neuron_evaluator
@@ -121,8 +119,9 @@ def evaluate_held_out(task, state, workdir: str) -> dict:
   figures.save_outline_figure(
       os.path.join(workdir, "heldout_overlay.png"), sample.display, sample.true_masks, masks,
       f"{sample.name}: P={counts.precision:.2f} R={counts.recall:.2f} F1={counts.f1:.2f}")
-  instance_image = labels.masks_to_instance_image(masks)
-  tifffile.imwrite(os.path.join(workdir, "heldout_masks.tif"), instance_image.astype(np.uint16))
+  scores = result.test.scores[0]
+  roi_outputs.write_label_image(os.path.join(workdir, "heldout_masks.tif"), masks,
+                                scores[scores >= threshold])
   return {"held_out": result.test.names, "conf_threshold": threshold,
           "true_neurons": counts.tp + counts.fn, "predicted_neurons": counts.tp + counts.fp,
           "tp": counts.tp, "fp": counts.fp, "fn": counts.fn, "precision": counts.precision,

@@ -13,7 +13,7 @@ import tifffile
 
 from neuroseg_jax.errors import DataError
 from neuroseg_jax.data.labels import (instance_image_to_masks, load_masks,
-                                      masks_to_instance_image, read_neurofinder)
+                                      read_neurofinder)
 
 ABO_ID = "501484643"
 
@@ -161,20 +161,10 @@ def test_instance_image_tiff_and_png(tmp_path):
     np.testing.assert_array_equal(masks, np.stack([labels == 3, labels == 7]))
 
 
-def test_masks_instance_image_round_trip_and_overlap_rule():
+def test_instance_image_to_masks_one_mask_per_label():
   labels = np.array([[0, 4, 4], [9, 9, 0], [9, 9, 0]])
   masks = instance_image_to_masks(labels)
-  np.testing.assert_array_equal(masks_to_instance_image(masks), [[0, 1, 1], [2, 2, 0], [2, 2, 0]])
-  big = np.ones((1, 3, 3), bool)
-  small = np.zeros((1, 3, 3), bool)
-  small[0, 1, 1] = True
-  np.testing.assert_array_equal(masks_to_instance_image(np.concatenate([small, big])),
-                                [[2, 2, 2], [2, 1, 2], [2, 2, 2]])  # smallest wins.
-  # 0/1 integer masks mean the same as boolean ones; no masks -> all background.
-  np.testing.assert_array_equal(masks_to_instance_image(masks.astype(np.uint8)),
-                                masks_to_instance_image(masks))
-  np.testing.assert_array_equal(masks_to_instance_image(np.zeros((0, 2, 3), bool)),
-                                np.zeros((2, 3), np.int32))
+  np.testing.assert_array_equal(masks, np.stack([labels == 4, labels == 9]))
 
 
 def test_instance_image_bad_input(tmp_path):

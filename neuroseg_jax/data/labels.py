@@ -178,19 +178,6 @@ def instance_image_to_masks(labels: np.ndarray) -> np.ndarray:
   return labels[None] == ids[:, None, None]
 
 
-def masks_to_instance_image(masks: np.ndarray) -> np.ndarray:
-  """Masks [N, H, W] -> instance-label image [H, W] int32, mask i -> label i + 1.
-
-  Where masks overlap, the smallest mask wins, so an instance only disappears if
-  a smaller one covers it completely.
-  """
-  masks = np.asarray(masks, bool)
-  labels = np.zeros(masks.shape[1:], np.int32)
-  for i in np.argsort(-masks.sum(axis=(1, 2)), kind="stable"):
-    labels[masks[i]] = i + 1
-  return labels
-
-
 @MASK_READERS.register(".tif")
 @MASK_READERS.register(".tiff")
 @MASK_READERS.register(".png")
