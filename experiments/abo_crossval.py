@@ -29,7 +29,6 @@ import argparse
 import csv
 import json
 import os
-import platform
 import sys
 import time
 from typing import Sequence
@@ -39,6 +38,7 @@ import ml_collections
 import numpy as np
 
 from neuroseg_jax import config_loading
+from neuroseg_jax import runtime
 from neuroseg_jax import tasks
 from neuroseg_jax.evaluation import figures
 from neuroseg_jax.evaluation import mask_map
@@ -128,18 +128,6 @@ def fold_config(args, fold: int) -> ml_collections.ConfigDict:
   return config
 
 
-def hardware() -> str:
-  """CPU model and core count, JAX version and devices, in words."""
-  cpu = platform.processor() or platform.machine()
-  if os.path.isfile("/proc/cpuinfo"):
-    with open("/proc/cpuinfo") as f:
-      models = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    cpu = models[0] if models else cpu
-  devices = jax.devices()
-  return (f"{cpu}, {os.cpu_count()} CPU cores, jax {jax.__version__} on {len(devices)} x "
-          f"{devices[0].device_kind}")
-
-
 def pooled_row(rows: list[dict]) -> dict:
   counts = sum((neuron_matching.Counts(r["tp"], r["fp"], r["fn"]) for r in rows),
                neuron_matching.Counts())
@@ -201,7 +189,7 @@ def main(argv=None) -> list[dict]:
   devices = jax.devices()[:1]
   folds = [int(f) for f in args.folds.split(",")] if args.folds else range(args.num_folds)
   meta = {"command": " ".join([sys.executable, *sys.argv]), "args": vars(args),
-          "hardware": hardware()}
+          "hardware": runtime.hardware_description()}
   rows = []
   for fold in folds:
     result = train_and_score(fold_config(args, fold), os.path.join(args.workdir, f"fold{fold}"),

@@ -39,6 +39,7 @@ from matplotlib import figure as mpl_figure  # pylint: disable=g-import-not-at-t
 
 from experiments import abo_crossval  # pylint: disable=g-import-not-at-top
 from neuroseg_jax import config_loading  # pylint: disable=g-import-not-at-top
+from neuroseg_jax import runtime  # pylint: disable=g-import-not-at-top
 from neuroseg_jax.models import yolo_seg  # pylint: disable=g-import-not-at-top
 from neuroseg_jax.reference import profiling  # pylint: disable=g-import-not-at-top
 from neuroseg_jax.training import loop  # pylint: disable=g-import-not-at-top
@@ -182,7 +183,7 @@ def main(argv=None) -> list[dict]:
   chosen = [ROWS[int(i)] for i in args.rows.split(",")] if args.rows else ROWS
   rows = [run_row(args, *row, devices) for row in chosen]
   meta = {"command": " ".join([sys.executable, *sys.argv]), "args": vars(args),
-          "hardware": abo_crossval.hardware()}
+          "hardware": runtime.hardware_description()}
   with open(os.path.join(args.workdir, "ablation.csv"), "w", newline="") as f:
     writer = csv.DictWriter(f, COLUMNS, extrasaction="ignore")
     writer.writeheader()

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import logging
 import os
+import platform
 
 import jax
 
@@ -48,3 +49,15 @@ def enable_compilation_cache(directory: str | None = None,
   jax.config.update("jax_compilation_cache_dir", directory)
   jax.config.update("jax_persistent_cache_min_compile_time_secs", min_compile_seconds)
   return directory
+
+
+def hardware_description() -> str:
+  """CPU model and core count, JAX version and devices, in words (for result tables)."""
+  cpu = platform.processor() or platform.machine()
+  if os.path.isfile("/proc/cpuinfo"):
+    with open("/proc/cpuinfo") as f:
+      models = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
+    cpu = models[0] if models else cpu
+  devices = jax.devices()
+  return (f"{cpu}, {os.cpu_count()} CPU cores, jax {jax.__version__} on {len(devices)} x "
+          f"{devices[0].device_kind}")

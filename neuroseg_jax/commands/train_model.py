@@ -10,7 +10,6 @@ maximises F1 on the training images, and a model card.
 from __future__ import annotations
 
 import os
-import platform
 from pathlib import Path
 
 import jax
@@ -20,6 +19,7 @@ import numpy as np
 from neuroseg_jax import config_loading
 from neuroseg_jax import model_folder
 from neuroseg_jax import predictor
+from neuroseg_jax import runtime
 from neuroseg_jax import tasks
 from neuroseg_jax.data import images
 from neuroseg_jax.errors import DataError
@@ -48,16 +48,6 @@ def recipe_config(data: str, num_steps: int, val_fraction: float, init: str,
       f"num_val={num_val},seed={seed},pretrained={pretrained},scale={scale}")
 
 
-def _hardware() -> str:
-  cpu = platform.processor() or platform.machine()
-  if os.path.isfile("/proc/cpuinfo"):
-    with open("/proc/cpuinfo") as f:
-      names = [line.split(":", 1)[1].strip() for line in f if line.startswith("model name")]
-    cpu = names[0] if names else cpu
-  device = jax.devices()[0]
-  return f"{cpu} ({os.cpu_count()} cores), jax {jax.__version__}, {device.device_kind}"
-
-
 def _spec(config: ml_collections.ConfigDict, threshold: float) -> dict:
   return {"architecture": config.model.to_dict(),
           "input": {"channels": ["image"] * config.data.source_args.get("num_channels", 3),
@@ -77,7 +67,7 @@ def _card(config, train_names, scores: dict, seconds: float, command: str) -> st
            f"{config.batch_size}, {config.data.image_size} px native-scale crops, AdamW "
            f"{config.optimizer.lr}; initialised from "
            f"{config.pretrained or 'random weights'}.",
-           f"- Command: `{command}`", f"- Hardware: {_hardware()}.",
+           f"- Command: `{command}`", f"- Hardware: {runtime.hardware_description()}.",
            f"- Training wall time: {seconds / 60:.1f} min (the logged steps, compilation "
            "included; `run/metrics.jsonl`).",
            f"- Intended use: {INTENDED_USE}", "", "## Scores (IoU >= 0.5, Hungarian matching)",
