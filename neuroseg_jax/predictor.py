@@ -15,6 +15,7 @@ stored in the model folder (`model_folder.py`); `conf_threshold=` overrides it.
 from __future__ import annotations
 
 import functools
+import json
 import os
 from typing import Sequence
 
@@ -33,6 +34,14 @@ LOW_CONFIDENCE = 0.001  # detections kept before the threshold (for calibration 
 STRIDE = 32  # the network's largest stride: input sides are multiples of it
 
 
+@functools.lru_cache(maxsize=8)
+def _compiled_network(architecture_json: str):
+  """One jitted forward pass per architecture, shared by every model of it (weights are
+  an argument), so a second model of the same shape does not compile again."""
+  network = yolo_seg.build_yolo_seg({**json.loads(architecture_json), "dtype": "float32"})
+  return jax.jit(lambda variables, images: network.apply(variables, images, train=False))
+
+
 class NeuronModel:
   """A NeuroSeg-III network with its weights, input spec and confidence threshold."""
 
@@ -46,9 +55,8 @@ class NeuronModel:
     self.conf_threshold = float(self.spec["conf_threshold"])
     self.settings = post.PostprocessSettings(**{**self.spec.get("postprocess", {}),
                                                 "conf_threshold": LOW_CONFIDENCE})
-    network = yolo_seg.build_yolo_seg({**self.spec["architecture"], "dtype": "float32"})
+    apply = _compiled_network(json.dumps(self.spec["architecture"], sort_keys=True))
     variables = jax.device_put(folder.variables)
-    apply = jax.jit(lambda v, x: network.apply(v, x, train=False))
     self._predict = lambda batch: jax.device_get(apply(variables, batch["image"]))
 
   def network_input(self, image: np.ndarray | dict) -> np.ndarray:

@@ -138,10 +138,16 @@ def test_label_budgets_are_nested_subsets(fold):
 @pytest.mark.parametrize("fields,match", [
     ({"fold": 5, "num_folds": 5}, "fold=5"),
     ({"fold": 0, "num_folds": 11}, "num_folds=11"),
-    ({"num_val": 0}, "num_val=0"),
+    ({"num_val": -1}, "num_val=-1"),
     ({"num_val": 10}, "num_val=10"),
     ({"fold": 0, "num_train": 9}, "num_train=9"),
 ])
 def test_bad_splits_name_the_field(fields, match):
   with pytest.raises(ValueError, match=match):
     split_samples(list(range(10)), _data(**fields))
+
+
+def test_num_val_zero_trains_on_every_image():
+  samples = list(range(10))
+  train, val = split_samples(samples, _data(num_val=0))
+  assert train == samples and val == []
