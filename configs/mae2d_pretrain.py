@@ -2,6 +2,7 @@
 
   python -m neuroseg_jax.main --config=configs/mae2d_pretrain.py:smoke --workdir=/tmp/mae2d
   python -m neuroseg_jax.main --config=configs/mae2d_pretrain.py:cpu,tomo --workdir=DIR
+  python -m neuroseg_jax.main --config=configs/mae2d_pretrain.py:isbi,mask_ratio=0.5 --workdir=DIR
 
 The same arguments and variants as configs/mae3d_pretrain.py, with 2-D sizes
 ("HxW"). Defaults follow the 2D MAE (He et al. 2022): 224x224 crops, patch 16x16
@@ -19,10 +20,18 @@ _spec = importlib.util.spec_from_file_location("_mae3d_pretrain_config",
 mae3d = importlib.util.module_from_spec(_spec)
 _spec.loader.exec_module(mae3d)
 
-ARGS_2D = {**mae3d.ARGS_3D, "patch_size": "16x16", "crop": "224x224", "decoder_width": 512,
+ARGS_2D = {**mae3d.ARGS_3D, "isbi": False, "patch_size": "16x16", "crop": "224x224", "decoder_width": 512,
            "mask_ratio": 0.75}
+ISBI = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "isbi2012"
 VARIANTS_2D = {
     "tomo": mae3d.VARIANTS_3D["tomo"],
+    # The 30 unlabeled ISBI 2012 slices, then the 20 labeled slices' images; the last 5
+    # (labeled slices 15-19, the fine-tuning validation slices) are held out, so the
+    # encoder never sees them. The ViT of configs/em2d_boundary.py:unetr.
+    "isbi": {**mae3d.VARIANTS_3D["cpu"], "source": "file",
+             "path": f"{ISBI / 'unlabeled'}+{ISBI / 'train' / 'image'}", "val_slices": 5,
+             "patch_size": "16x16", "crop": "128x128", "num_steps": 1500, "val_crops": 32,
+             "norm_pix": True},
     "cpu": {**mae3d.VARIANTS_3D["cpu"], "patch_size": "8x8", "crop": "64x64"},
     "smoke": {**mae3d.VARIANTS_3D["smoke"], "patch_size": "4x4", "crop": "16x16"},
 }

@@ -5,8 +5,11 @@ labels [D, H, W] or None), sliceable and read lazily. Sources (`EM_SOURCES`):
   simulator  the EM simulator's raw volume with its "neurons" or "mitochondria" labels.
   snemi3d    SNEMI3D layout under `path` (train-input.tif, train-labels.tif).
   mitoem     MitoEM layout under `path` (training split), labels optionally at `labels_path`.
-  file       any TIFF stack / HDF5 dataset (`key`) / slice folder at `path`, with labels
-             at `labels_path` when given.
+  file       any TIFF stack / HDF5 or zarr dataset (`key`) / slice folder at `path`,
+             with labels at `labels_path` when given, read as `labels_kind`
+             (em_labels: "auto" turns membrane maps into instances). Several volumes
+             joined by "+" in `path` ("/a/unlabeled+/a/train/image") are stacked
+             along z in that order (raw only: labels need a single path).
 Pre-training uses the raw volume only; fine-tuning also needs the labels.
 """
 
@@ -15,7 +18,9 @@ from __future__ import annotations
 import dataclasses
 from typing import Callable
 
-from neuroseg_jax.data import em_simulator, em_volumes
+from pathlib import Path
+
+from neuroseg_jax.data import em_labels, em_simulator, em_volumes
 from neuroseg_jax.errors import DataError
 from neuroseg_jax.registry import Registry
 
@@ -28,15 +33,18 @@ SIMULATOR_LABELS = ("neurons", "mitochondria")
 class SourceSpec:
   """What a source needs; each source reads only its own fields.
 
-  path: the volume file or folder (file), or the dataset's root folder (snemi3d, mitoem).
-  key: HDF5 dataset of the raw volume ("" = the file's only dataset).
+  path: the volume file or folder (file; several joined by "+"), or the dataset's root
+    folder (snemi3d, mitoem).
+  key: HDF5 / zarr dataset of the raw volume ("" = the file's only dataset).
   labels_path: instance-label volume (file; mitoem: instead of the label folders).
+  labels_kind: how the file source reads labels_path: one of em_labels.LABEL_KINDS.
   simulator_shape, simulator_seed, simulator_zoom, simulator_labels: the simulated
     volume [D, H, W], its seed, the zoom of its structures and which labels it gives.
   """
   path: str = ""
   key: str = ""
   labels_path: str = ""
+  labels_kind: str = "auto"
   simulator_shape: tuple = (32, 128, 128)
   simulator_seed: int = 0
   simulator_zoom: float = 1.0
@@ -67,11 +75,17 @@ def _mitoem_volume(spec: SourceSpec) -> em_volumes.LabeledVolume:
 @EM_SOURCES.register("file")
 def _file_volume(spec: SourceSpec) -> em_volumes.LabeledVolume:
   if not spec.path:
-    raise DataError("path", "source 'file' needs a volume path (TIFF, HDF5 or slice folder)")
-  raw = em_volumes.open_volume(spec.path, spec.key or None)
+    raise DataError("path", "source 'file' needs a volume path (TIFF, HDF5, zarr or slice "
+                    "folder)")
+  paths = [spec.path] if Path(spec.path).exists() else spec.path.split("+")
+  if len(paths) > 1 and spec.labels_path:
+    raise DataError(spec.path, f"labels_path is only allowed with a single volume path, got "
+                    f"{len(paths)} joined by '+'")
+  volumes = [em_volumes.open_volume(path, spec.key or None) for path in paths]
+  raw = volumes[0] if len(volumes) == 1 else em_volumes.ConcatenatedVolume(volumes)
   if not spec.labels_path:
     return em_volumes.LabeledVolume(raw, None)
-  labels = em_volumes.open_volume(spec.labels_path, check_constant=False)
+  labels = em_labels.open_labels(spec.labels_path, spec.labels_kind)
   em_volumes.check_aligned(raw, labels)
   return em_volumes.LabeledVolume(raw, labels)
 

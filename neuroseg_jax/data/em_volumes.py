@@ -4,9 +4,11 @@ A volume object knows its `shape` and `dtype` and reads only what an index asks
 for: `volume[z0:z1, y0:y1, x0:x1]` -> np.ndarray [z1-z0, y1-y0, x1-x0] (integer
 indices drop their axis, like NumPy). Files are read by the shared stack readers
 (data/stacks.py: TIFF stacks memory-mapped or page by page, slice folders one file
-per z, HDF5 sliced by h5py), so a 1000 x 4096 x 4096 volume is never held in
-memory, only the slices a crop touches. Views (a z-range, binning, a low-pass
-filter) are volumes too and read lazily from the volume they wrap.
+per z, HDF5 and zarr sliced by h5py / zarr), so a 1000 x 4096 x 4096 volume is never
+held in memory, only the slices a crop touches. Views (a z-range, binning, a low-pass
+filter, several volumes stacked along z) are volumes too and read lazily from the
+volumes they wrap. `read_voxel_size` gives the (z, y, x) voxel size in nm when the
+file records it.
 
 Layouts:
   SNEMI3D  root/train-input.tif, root/train-labels.tif (multipage TIFF, z-y-x).
@@ -21,14 +23,18 @@ from pathlib import Path
 from typing import NamedTuple, Sequence
 
 import numpy as np
+import tifffile
 from scipy import ndimage
 
-from neuroseg_jax.data import stacks
+from neuroseg_jax.data import image_files, stacks
 from neuroseg_jax.data.intensity import sample_slices
 from neuroseg_jax.errors import DataError
 
 MITOEM_LABEL_DIRS = {"train": "mito-train-v2", "val": "mito-val-v2"}
 MITOEM_SLICES = {"train": range(0, 400), "val": range(400, 500), "test": range(500, 1000)}
+VOXEL_SIZE_ATTRIBUTES = ("resolution", "voxel_size")  # (z, y, x) in nm, as CREMI stores it.
+NM_PER_UNIT = {"nm": 1.0, "nanometer": 1.0, "um": 1e3, "micron": 1e3, "microns": 1e3,
+               "\u00b5m": 1e3, "\\u00b5m": 1e3, "\u03bcm": 1e3, "mm": 1e6}
 
 
 class LazyVolume(abc.ABC):
@@ -170,6 +176,78 @@ class GaussianFilteredVolume(LazyVolume):
     filtered = ndimage.gaussian_filter(block, self.sigma, mode="reflect")
     inner = tuple(slice(s.start - o.start, s.stop - o.start) for s, o in zip((zs, ys, xs), outer))
     return filtered[inner]
+
+
+class ConcatenatedVolume(LazyVolume):
+  """[D1 + D2 + ..., H, W]: volumes (arrays or LazyVolumes) of one in-plane size [Di, H, W]
+  stacked along z in the order given; a read spanning a boundary reads each part's
+  share. The dtype is the one all parts' dtypes promote to."""
+
+  def __init__(self, volumes: Sequence):
+    if not volumes:
+      raise DataError("volumes", "nothing to concatenate")
+    self.volumes = list(volumes)
+    names = [getattr(v, "name", f"volume {i}") for i, v in enumerate(self.volumes)]
+    for name, volume in zip(names[1:], self.volumes[1:]):
+      if tuple(volume.shape[1:]) != tuple(self.volumes[0].shape[1:]):
+        raise DataError(name, f"in-plane shape {tuple(volume.shape[1:])} differs from "
+                        f"{tuple(self.volumes[0].shape[1:])} of {names[0]}: cannot stack along z")
+    self.starts = np.cumsum([0] + [v.shape[0] for v in self.volumes])
+    self.name = " + ".join(names)
+    self.shape = (int(self.starts[-1]), *self.volumes[0].shape[1:])
+    self.dtype = np.result_type(*(v.dtype for v in self.volumes))
+
+  def _read(self, zs, ys, xs):
+    parts = [np.asarray(volume[max(zs.start - start, 0):min(zs.stop - start, len(volume)), ys, xs],
+                        self.dtype)
+             for volume, start in zip(self.volumes, self.starts)
+             if start < zs.stop and zs.start < start + len(volume)]
+    if not parts:
+      return np.asarray(self.volumes[0][0:0, ys, xs], self.dtype)
+    return np.concatenate(parts)
+
+
+def read_voxel_size(path, key: str | None = None) -> tuple[float, float, float] | None:
+  """(z, y, x) voxel size in nm as the file records it, else None.
+
+  HDF5 / zarr: the attribute "resolution" or "voxel_size" (three numbers, z-y-x, in
+  nm) of the dataset, else of its parent group. ImageJ TIFF: "spacing" (z) and the
+  XResolution / YResolution tags (pixels per unit) with unit nm, um or micron.
+  """
+  path = Path(path)
+  if path.suffix.lower() in image_files.TIFF_SUFFIXES:
+    return _imagej_voxel_size(stacks.require_file(path))
+  if path.suffix.lower() not in stacks.HDF5_SUFFIXES and not stacks.is_zarr(path):
+    return None
+  stack = stacks.open_stack(path, **({"key": key} if key else {}))
+  try:
+    for attrs in stack.attributes():
+      for name in VOXEL_SIZE_ATTRIBUTES:
+        if name in attrs:
+          size = tuple(float(v) for v in np.ravel(attrs[name]))
+          if len(size) != 3 or min(size) <= 0:
+            raise DataError(stack.source, f"attribute {name!r} = {attrs[name]!r} is not three "
+                            "positive numbers (z, y, x in nm)")
+          return size
+    return None
+  finally:
+    stack.close()
+
+
+def _imagej_voxel_size(path: Path) -> tuple[float, float, float] | None:
+  try:
+    tiff = tifffile.TiffFile(path)
+  except Exception as e:  # tifffile raises several types for unreadable files.
+    raise DataError(path, f"not a readable TIFF file ({e})") from e
+  with tiff:
+    meta, tags = tiff.imagej_metadata or {}, tiff.pages[0].tags
+    scale = NM_PER_UNIT.get(str(meta.get("unit", "")).lower())
+    if scale is None or "spacing" not in meta or "YResolution" not in tags:
+      return None
+    (y_num, y_den), (x_num, x_den) = tags["YResolution"].value, tags["XResolution"].value
+  if not (y_num and x_num):
+    return None
+  return (float(meta["spacing"]) * scale, y_den / y_num * scale, x_den / x_num * scale)
 
 
 def open_volume(path, key: str | None = None, check_constant: bool = True,

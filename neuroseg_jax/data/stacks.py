@@ -5,7 +5,9 @@ and EM volumes (N = D z-slices, data/em_volumes.py):
   * multipage TIFF: memory-mapped when the pixel data are one uncompressed block,
     otherwise read page by page (only the pages asked for);
   * a folder of numbered 2-D image files, one per index (PNG / TIFF);
-  * an HDF5 dataset, sliced by h5py.
+  * an HDF5 dataset, sliced by h5py;
+  * a zarr array inside a `.zarr` store (chunked volumes as connectomics tools write
+    them), sliced by zarr.
 `stack.read(start, stop, rows, cols)` reads items start..stop-1, cropped in-plane,
 as a new native-dtype array [stop - start, h, w]; nothing else is held in memory,
 so a 1000 x 4096 x 4096 volume or a 23,000-frame movie is read piece by piece.
@@ -43,6 +45,8 @@ from neuroseg_jax.errors import DataError
 from neuroseg_jax.registry import Registry, UnknownNameError
 
 HDF5_SUFFIXES = (".h5", ".hdf5", ".hdf")
+ZARR_SUFFIX = ".zarr"
+ZARR_MARKERS = ("zarr.json", ".zgroup", ".zarray")  # zarr v3 / v2 metadata files.
 SLICE_SUFFIXES = (".png", *image_files.TIFF_SUFFIXES)
 _ALL = slice(None)
 
@@ -84,6 +88,11 @@ class Stack(abc.ABC):
 
   def close(self) -> None:
     """Releases open file handles (no-op for readers that hold none)."""
+
+  def attributes(self) -> list[dict]:
+    """Metadata attributes, nearest first (the dataset's, then its parent group's);
+    empty for formats without them."""
+    return []
 
   def __len__(self) -> int:
     return self.shape[0]
@@ -371,8 +380,73 @@ class Hdf5Stack(Stack):
     except OSError as e:  # a damaged chunk or a file cut short.
       raise DataError(self.source, f"cannot read items {start}..{stop - 1} ({e})") from e
 
+  def attributes(self) -> list[dict]:
+    return [dict(self._data.attrs), dict(self._data.parent.attrs)]
+
   def close(self) -> None:
     self._file.close()
+
+
+# ---------------------------------------------------------------- zarr
+
+
+def _zarr_arrays(group) -> list[str]:
+  """Paths of all arrays under a zarr group, sorted."""
+  import zarr
+  if hasattr(group, "members"):  # zarr 3
+    return sorted(name for name, node in group.members(max_depth=None)
+                  if isinstance(node, zarr.Array))
+  found = []  # zarr 2
+  group.visititems(lambda name, node: found.append(name) if isinstance(node, zarr.Array) else None)
+  return sorted(found)
+
+
+class ZarrStack(Stack):
+  """A 3-D array of a zarr store (a `.zarr` directory), opened read-only; `key` (the
+  array's path in the store, e.g. "volumes/raw") may be omitted when the store holds
+  one array or is an array itself. `source` is "store:key"."""
+
+  def __init__(self, path, key: str | None = None):
+    import zarr  # imported here: it takes ~0.4 s, and most stacks are not zarr.
+    path = Path(path)
+    if not path.exists():
+      raise DataError(path, "file not found")
+    try:
+      root = zarr.open(store=str(path), mode="r")
+    except Exception as e:  # zarr raises its own types for folders without zarr metadata.
+      raise DataError(path, f"not a readable zarr store ({e})") from e
+    if isinstance(root, zarr.Array):
+      if key:
+        raise DataError(path, f"no array {key!r}: the store is a single array")
+      self._data, self._parent, self.source = root, None, str(path)
+    else:
+      arrays = _zarr_arrays(root)
+      found = ", ".join(arrays) or "nothing"
+      if not key and len(arrays) != 1:
+        raise DataError(path, f"give an array key (found: {found})")
+      key = (key or arrays[0]).strip("/")
+      if key not in arrays:
+        raise DataError(path, f"no array {key!r} (found: {found})")
+      parent = key.rpartition("/")[0]
+      self._data, self._parent = root[key], root[parent] if parent else root
+      self.source = f"{path}:{key}"
+    self.shape = tuple(self._data.shape)
+    self.dtype = check_stack(self.source, self.shape, self._data.dtype)
+
+  def read(self, start, stop, rows=_ALL, cols=_ALL):
+    try:
+      return np.asarray(self._data[start:stop, rows, cols])
+    except Exception as e:  # a damaged chunk or codec error; zarr raises many types.
+      raise DataError(self.source, f"cannot read items {start}..{stop - 1} ({e})") from e
+
+  def attributes(self) -> list[dict]:
+    return [dict(node.attrs) for node in (self._data, self._parent) if node is not None]
+
+
+def is_zarr(path: Path) -> bool:
+  """A `.zarr` path, or a folder holding zarr metadata."""
+  return path.suffix.lower() == ZARR_SUFFIX or (
+      path.is_dir() and any((path / marker).exists() for marker in ZARR_MARKERS))
 
 
 # ---------------------------------------------------------------- dispatch
@@ -383,19 +457,25 @@ for _suffix in image_files.TIFF_SUFFIXES:
   STACK_READERS.register(_suffix)(TiffStack)
 for _suffix in HDF5_SUFFIXES:
   STACK_READERS.register(_suffix)(Hdf5Stack)
+STACK_READERS.register(ZARR_SUFFIX)(ZarrStack)
 
 
 def open_stack(path, **reader_args) -> Stack:
-  """The stack at `path` by the reader registered for its suffix (or "directory").
+  """The stack at `path` by the reader registered for its suffix (".zarr" also for a
+  folder holding zarr metadata; "directory" for other folders).
 
-  `reader_args` go to that reader: `key` (HDF5 dataset), `allow_truncated` (TIFF),
-  `pattern` (folder glob).
+  `reader_args` go to that reader: `key` (HDF5 dataset, zarr array path),
+  `allow_truncated` (TIFF), `pattern` (folder glob).
   """
   path = Path(path)
   if not path.exists():
     raise DataError(path, "file not found")
+  if is_zarr(path):
+    name = ZARR_SUFFIX
+  else:
+    name = "directory" if path.is_dir() else path.suffix.lower()
   try:
-    reader = STACK_READERS.get("directory" if path.is_dir() else path.suffix.lower())
+    reader = STACK_READERS.get(name)
   except UnknownNameError as e:
     raise DataError(path, str(e)) from e
   return reader(path, **reader_args)

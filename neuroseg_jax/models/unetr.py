@@ -1,4 +1,4 @@
-"""UNETR-style 3D segmentation decoder on a ViT encoder (Hatamizadeh et al. 2022).
+"""UNETR-style segmentation decoder on a 2D or 3D ViT encoder (Hatamizadeh et al. 2022).
 
 Layout for a patch (1, 16, 16) and skip blocks (3, 6, 9) of a depth-12 ViT (the EM-MAE
 fine-tuning setting):
@@ -41,6 +41,7 @@ import jax
 import jax.numpy as jnp
 
 from neuroseg_jax.errors import DataError
+from neuroseg_jax.models.conv_blocks import ConvBlock, ConvNormReLU, upsample
 from neuroseg_jax.models.vit import ViTEncoder
 
 
@@ -65,39 +66,6 @@ def default_skip_blocks(depth: int, levels: int) -> tuple[int, ...]:
   return tuple(max(1, depth * k // levels) for k in range(1, levels))
 
 
-class ConvNormReLU(nn.Module):
-  """[B, D, H, W, C] -> 3x3x3 conv (no bias) -> BatchNorm -> ReLU -> [B, D, H, W, features]."""
-  features: int
-  norm_momentum: float = 0.9
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    x = nn.Conv(self.features, (3, 3, 3), padding="SAME", use_bias=False, dtype=self.dtype)(x)
-    x = nn.BatchNorm(use_running_average=not train, momentum=self.norm_momentum,
-                     dtype=self.dtype)(x)
-    return nn.relu(x)
-
-
-class ConvBlock(nn.Module):
-  """Two ConvNormReLU: [B, D, H, W, C] -> [B, D, H, W, features]."""
-  features: int
-  norm_momentum: float = 0.9
-  dtype: Any = jnp.float32
-
-  @nn.compact
-  def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
-    for _ in range(2):
-      x = ConvNormReLU(self.features, self.norm_momentum, self.dtype)(x, train=train)
-    return x
-
-
-def _upsample(features: int, stride: Sequence[int], dtype) -> nn.ConvTranspose:
-  """Transposed conv with kernel = stride: [B, d, h, w, C] -> [B, d*s0, h*s1, w*s2, features]."""
-  return nn.ConvTranspose(features, tuple(stride), strides=tuple(stride), padding="VALID",
-                          dtype=dtype)
-
-
 class SkipProjection(nn.Module):
   """Block tokens on their grid -> a decoder level: [B, g0, g1, g2, width] ->
   [B, g0 * prod s0, ..., features], one (transposed conv, ConvNormReLU) per stride."""
@@ -109,15 +77,16 @@ class SkipProjection(nn.Module):
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool) -> jax.Array:
     for stride in self.strides:
-      x = _upsample(self.features, stride, self.dtype)(x)
+      x = upsample(self.features, stride, self.dtype)(x)
       x = ConvNormReLU(self.features, self.norm_momentum, self.dtype)(x, train=train)
     return x
 
 
 class UNETR(nn.Module):
-  """ViT encoder + UNETR decoder: [B, D, H, W, C] -> [B, D, H, W, out_channels] float32.
+  """ViT encoder + UNETR decoder: [B, D, H, W, C] -> [B, D, H, W, out_channels] float32
+  for a 3-D patch size; [B, H, W, C] -> [B, H, W, out_channels] for a 2-D one.
 
-  D, H, W must be multiples of the encoder's patch size. Submodule `encoder` is the
+  Spatial sizes must be multiples of the encoder's patch size. Submodule `encoder` is the
   given ViTEncoder, so a pre-trained MAE's params["encoder"] fits (copy it with
   `training/transfer.py`). Decoder level k (0 = full resolution) has
   `decoder_width * 2**k` channels (64 -> 64/128/256/512 as in the reference); the raw
@@ -145,11 +114,13 @@ class UNETR(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array, *, train: bool = False) -> jax.Array:
-    if x.ndim != 5:
-      raise DataError("UNETR input", f"expected [B, D, H, W, C], got shape {x.shape}")
+    rank = len(self.encoder.patch_size)
+    if x.ndim != rank + 2:
+      raise DataError("UNETR input", f"expected [B, {', '.join('DHW'[3 - rank:])}, C] for patch "
+                      f"size {tuple(self.encoder.patch_size)}, got shape {x.shape}")
     strides = upsampling_strides(self.encoder.patch_size)
     levels = len(strides)
-    grid = self.encoder.grid_shape(x.shape[1:4])
+    grid = self.encoder.grid_shape(x.shape[1:-1])
     final, block_outputs = self.encoder(x, train=train,
                                         position_embedding=self.use_position_embedding,
                                         return_block_outputs=True)
@@ -171,9 +142,9 @@ class UNETR(nn.Module):
     y = to_grid(final)
     for k in reversed(range(levels)):
       features = self.decoder_width * 2**k
-      y = _upsample(features, strides[levels - 1 - k], self.dtype)(y)
+      y = upsample(features, strides[levels - 1 - k], self.dtype)(y)
       y = jnp.concatenate([y, skips[k]], axis=-1)
       y = ConvBlock(features, self.norm_momentum, self.dtype)(y, train=train)
-    y = nn.Conv(self.out_channels, (1, 1, 1), dtype=self.dtype, name="head")(y)
+    y = nn.Conv(self.out_channels, (1,) * rank, dtype=self.dtype, name="head")(y)
     return y.astype(jnp.float32)
 

@@ -9,7 +9,8 @@ TASKS = Registry("task")
 # Modules that register tasks when imported. Kept as names so that importing the
 # registry stays cheap and a task's heavy dependencies load only when used.
 _TASK_MODULES = ("neuroseg_jax.tasks.yolo_seg", "neuroseg_jax.tasks.tico_pretrain",
-                 "neuroseg_jax.tasks.mae_pretrain", "neuroseg_jax.tasks.unetr_finetune")
+                 "neuroseg_jax.tasks.mae_pretrain", "neuroseg_jax.tasks.unetr_finetune",
+                 "neuroseg_jax.tasks.em_slices")
 
 
 def get_task(name: str):
