@@ -3,6 +3,8 @@
   python experiments/masking_ratio.py --config=configs/mae3d_pretrain.py:cpu --out=/tmp/mask_study
   python experiments/masking_ratio.py --config=configs/mae3d_pretrain.py:cpu,tomo --out=DIR \
       --finetune=configs/unetr3d_finetune.py:smoke,size=mu,patch_size=1x8x8,crop=4x32x32
+  python -m experiments.masking_ratio --config=configs/mae2d_pretrain.py:isbi --out=DIR \
+      --finetune=configs/em2d_boundary.py:isbi,unetr      (real EM: ISBI 2012, issue 15)
 
 Each point is the config with `mask_ratio=R` appended to its argument, so it is
 also runnable alone:
@@ -10,7 +12,8 @@ also runnable alone:
 Every point shares the config's seed, data, steps and batch size. Per ratio the
 table records the validation masked reconstruction loss (norm-pix or plain, as
 configured), the same loss of predicting the mean target (the baseline a model
-must beat), their quotient, the last logged training loss and the wall time.
+must beat), their quotient, the last logged training loss, the wall time and the
+CPU time of the pre-training.
 With --finetune the given UNETR fine-tuning config is run once from scratch and
 once per ratio with `pretrained=<that ratio's workdir>` (its ViT size, patch and
 class token must match the MAE's), and its final val/* scores are added.
@@ -36,6 +39,9 @@ from neuroseg_jax.training import loop
 from neuroseg_jax import tasks
 
 
+SCORE_NAMES = ("arand", "voi", "ap50", "ap75", "dice", "iou")
+
+
 def with_args(spec: str, extra: str) -> str:
   """"configs/x.py:a,b" + "c=1" -> "configs/x.py:a,b,c=1"."""
   path, _, arg = spec.partition(":")
@@ -50,29 +56,31 @@ def last_values(records: list[dict], prefix: str) -> dict:
   return values
 
 
-def train(spec: str, workdir: str) -> tuple[list[dict], float]:
-  """Runs (or resumes, or reuses when finished) one config; returns (metrics, seconds)."""
+def train(spec: str, workdir: str) -> tuple[list[dict], float, float]:
+  """Runs (or resumes, or reuses when finished) one config; returns (metrics, wall seconds,
+  CPU seconds of this process, all threads)."""
   config = config_loading.load_config(spec)
-  start = time.time()
+  start, cpu = time.time(), time.process_time()
   loop.train(tasks.build(config), workdir, devices=jax.devices()[:1])
-  return loop.read_metrics(workdir), time.time() - start
+  return loop.read_metrics(workdir), time.time() - start, time.process_time() - cpu
 
 
 def finetune_scores(spec: str, pretrained: str, workdir: str) -> dict:
-  records, _ = train(with_args(spec, f"pretrained={pretrained}"), workdir)
+  records, _, _ = train(with_args(spec, f"pretrained={pretrained}"), workdir)
   return {f"finetune_{k}": v for k, v in last_values(records, "val/").items()}
 
 
 def run_ratio(args, ratio: float) -> dict:
   workdir = os.path.join(args.out, f"ratio_{ratio}")
-  records, seconds = train(with_args(args.config, f"mask_ratio={ratio}"), workdir)
+  records, seconds, cpu_seconds = train(with_args(args.config, f"mask_ratio={ratio}"), workdir)
   val = last_values(records, "val/")
   row = {"mask_ratio": ratio,
          "val_reconstruction_loss": val["val/reconstruction_loss"],
          "val_mean_baseline": val["val/mean_baseline"],
          "val_loss_over_baseline": val["val/loss_over_baseline"],
          "final_train_loss": last_values(records, "train/loss")["train/loss"],
-         "seconds": round(seconds, 1), "workdir": workdir}
+         "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1),
+         "workdir": workdir}
   if args.finetune:
     row.update(finetune_scores(args.finetune, workdir, os.path.join(workdir, "finetune")))
   print(json.dumps(row), flush=True)
@@ -82,8 +90,10 @@ def run_ratio(args, ratio: float) -> dict:
 def save_plot(path: str, rows: list[dict], scratch: dict | None) -> None:
   """Reconstruction loss and baseline vs ratio; fine-tuning scores in a second panel if any."""
   ratios = [r["mask_ratio"] for r in rows]
-  # Scores only: a post-processing choice such as val/waterz_threshold is not plotted.
-  scores = sorted(k for k in rows[0] if k.startswith("finetune_") and "threshold" not in k)
+  # Scores only: post-processing choices (val/waterz_threshold, val/seed_threshold...)
+  # are not plotted.
+  scores = sorted(k for k in rows[0] if k.startswith("finetune_")
+                  and any(name in k for name in SCORE_NAMES))
   fig = mpl_figure.Figure(figsize=(5 * (1 + bool(scores)), 4))
   axes = fig.subplots(1, 1 + bool(scores), squeeze=False)[0]
   axes[0].plot(ratios, [r["val_reconstruction_loss"] for r in rows], "o-", label="MAE")
@@ -113,7 +123,7 @@ def main():
   rows = [run_ratio(args, ratio) for ratio in args.ratios]
   scratch = None
   if args.finetune:
-    records, _ = train(args.finetune, os.path.join(args.out, "finetune_scratch"))
+    records, _, _ = train(args.finetune, os.path.join(args.out, "finetune_scratch"))
     scratch = {f"finetune_{k}": v for k, v in last_values(records, "val/").items()}
   result = {"config": args.config, "finetune": args.finetune, "rows": rows, "scratch": scratch}
   with open(os.path.join(args.out, "masking_ratio.json"), "w") as f:

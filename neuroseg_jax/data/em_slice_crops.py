@@ -45,16 +45,19 @@ class SliceCrop(NamedTuple):
 def boundary_map(labels: np.ndarray) -> np.ndarray:
   """[..., H, W] instance labels -> [..., H, W] float32 boundary target in {0, 1}.
 
-  1 where the label is 0 (membrane in a membrane map) or differs from a 4-neighbour
-  in the plane, so touching instances are separated by a boundary of 2 pixels.
+  1 where the label is 0 (membrane in a membrane map) or where two instances touch
+  (a pixel whose in-plane 4-neighbour holds another nonzero id), so touching
+  instances are separated by a boundary of 2 pixels and a membrane map's target is
+  exactly its membrane.
   """
   labels = np.asarray(labels)
   boundary = labels == 0
   for axis in (-2, -1):
-    differs = np.diff(labels, axis=axis) != 0
     lead = [slice(None)] * labels.ndim
     lag = [slice(None)] * labels.ndim
     lead[axis], lag[axis] = slice(1, None), slice(None, -1)
+    a, b = labels[tuple(lead)], labels[tuple(lag)]
+    differs = (a != b) & (a != 0) & (b != 0)
     boundary[tuple(lead)] |= differs
     boundary[tuple(lag)] |= differs
   return boundary.astype(np.float32)

@@ -1,0 +1,148 @@
+"""ISBI 2012 serial-section EM: classical vs U-Net vs UNETR (scratch / MAE) per label count.
+
+  python -m experiments.em_isbi_study --out=DIR                       # the table in RESULTS.md
+  python -m experiments.em_isbi_study --out=DIR --labels 2 5 15 --seeds 0 1 2 --steps 400
+
+Every method is trained on the first N labeled slices (0..N-1) and scored on slices
+15-19 (adapted Rand error and VOI split / merge per slice, mean; ground truth = the
+4-connected components of the cell interior, membrane ignored), with its watershed
+parameters tuned on its own training slices (`evaluation/slice_evaluator.py`):
+  classical   dark-ridge map + the same watershed, wider grid (`evaluation/em_classical.py`)
+  unet        configs/em2d_boundary.py:isbi,unet (from scratch)
+  unetr       configs/em2d_boundary.py:isbi,unetr (from scratch)
+  unetr_mae   the same UNETR, encoder from MAE pre-training
+              (configs/mae2d_pretrain.py:isbi at --mask-ratio, run once in DIR/ratio_R,
+              where experiments/masking_ratio.py --out=DIR finds and reuses it)
+Runs are resumable and a finished run is reused. Writes DIR/em_isbi_study.json and
+prints a Markdown table; wall and CPU seconds (this process, all threads) per run.
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import json
+import os
+import time
+
+import numpy as np
+
+from experiments.masking_ratio import train
+from neuroseg_jax.data import em_labels, em_volumes, intensity
+from neuroseg_jax.evaluation import em_classical, slice_segmentation
+
+ISBI = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
+                    "isbi2012", "train")
+VAL = list(range(15, 20))
+METHODS = ("classical", "unet", "unetr", "unetr_mae")
+
+
+def classical(labeled: int) -> dict:
+  images = em_volumes.open_volume(os.path.join(ISBI, "image"))
+  labels = em_labels.open_labels(os.path.join(ISBI, "label"))
+  ridge = em_classical.dark_ridge_map(images[:], intensity.intensity_stats(images))
+  gt = labels[:]
+  params, table = slice_segmentation.tune_watershed(ridge[:labeled], gt[:labeled],
+                                                    em_classical.CLASSICAL_GRID)
+  scores = slice_segmentation.slice_scores(
+      gt[VAL], slice_segmentation.watershed_slices(ridge[VAL], params))
+  return {**{f"val/{k}": v for k, v in slice_segmentation.mean_scores(scores).items()},
+          "train/arand": table[params], "watershed": dataclasses.asdict(params)}
+
+
+def mae_workdir(args) -> str:
+  return os.path.join(args.out, f"ratio_{args.mask_ratio}")
+
+
+def pretrain(args) -> dict:
+  """The MAE run unetr_mae starts from (reused when finished): its time and final loss."""
+  records, seconds, cpu_seconds = train(
+      f"configs/mae2d_pretrain.py:isbi,mask_ratio={args.mask_ratio}", mae_workdir(args))
+  loss = [r["val/reconstruction_loss"] for r in records if "val/reconstruction_loss" in r]
+  return {"method": "mae_pretraining", "mask_ratio": args.mask_ratio,
+          "val/reconstruction_loss": loss[-1], "seconds": round(seconds, 1),
+          "cpu_seconds": round(cpu_seconds, 1)}
+
+
+def network(method: str, labeled: int, seed: int, args) -> tuple[dict, str]:
+  spec = (f"configs/em2d_boundary.py:isbi,{'unet' if method == 'unet' else 'unetr'},"
+          f"train_slices=0-{labeled - 1},seed={seed},num_steps={args.steps}")
+  if method == "unetr_mae":
+    mae_dir = mae_workdir(args)
+    spec += f",pretrained={mae_dir}"
+    # The masking-ratio study's fine-tuning run of this ratio is this very run.
+    workdir = os.path.join(mae_dir, "finetune") if (labeled, seed) == (15, 0) else None
+  workdir = (workdir if method == "unetr_mae" and workdir else
+             os.path.join(args.out, f"{method}_n{labeled}_s{seed}"))
+  train(spec, workdir)
+  with open(os.path.join(workdir, "slice_evaluation.json")) as f:
+    evaluation = json.load(f)
+  return ({**{f"val/{k}": v for k, v in evaluation["val_mean"].items()},
+           "val/arand_oracle": evaluation["val_arand_oracle"],
+           "train/arand": evaluation["train_arand"], "watershed": evaluation["watershed"]},
+          spec)
+
+
+def table(rows: list[dict]) -> str:
+  lines = ["| method | labeled slices | seeds | ARAND (mean +- sd) | VOI split | VOI merge | "
+           "ARAND, watershed tuned on val (oracle) | wall min / run | CPU min / run |",
+           "|---|---|---|---|---|---|---|---|---|"]
+  rows = [r for r in rows if r["method"] in METHODS]
+  keys = sorted({(r["method"], r["labeled"]) for r in rows},
+                key=lambda k: (k[1], METHODS.index(k[0])))
+  for method, labeled in keys:
+    group = [r for r in rows if (r["method"], r["labeled"]) == (method, labeled)]
+    arand = np.array([r["val/arand"] for r in group])
+    oracle = [r.get("val/arand_oracle") for r in group]
+    oracle_text = "-" if None in oracle else f"{np.mean(oracle):.4f}"
+    lines.append(
+        f"| {method} | {labeled} | {len(group)} | {arand.mean():.4f} +- {arand.std():.4f} | "
+        f"{np.mean([r['val/voi_split'] for r in group]):.3f} | "
+        f"{np.mean([r['val/voi_merge'] for r in group]):.3f} | {oracle_text} | "
+        f"{np.mean([r['seconds'] for r in group]) / 60:.1f} | "
+        f"{np.mean([r['cpu_seconds'] for r in group]) / 60:.1f} |")
+  return "\n".join(lines)
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--out", required=True)
+  parser.add_argument("--labels", type=int, nargs="+", default=[15, 5, 2])
+  parser.add_argument("--seeds", type=int, nargs="+", default=[0])
+  parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
+  parser.add_argument("--steps", type=int, default=400)
+  parser.add_argument("--mask-ratio", type=float, default=0.75)
+  args = parser.parse_args()
+  os.makedirs(args.out, exist_ok=True)
+  result_path = os.path.join(args.out, "em_isbi_study.json")
+  rows = json.load(open(result_path)) if os.path.exists(result_path) else []
+  done = {(r["method"], r.get("labeled"), r.get("seed")) for r in rows}
+  if "unetr_mae" in args.methods and ("mae_pretraining", None, None) not in done:
+    rows.append(pretrain(args))  # timed on its own, not inside the first fine-tuning run
+    print(json.dumps(rows[-1]), flush=True)
+  for labeled in args.labels:
+    for method in args.methods:
+      for seed in args.seeds if method != "classical" else [0]:
+        if (method, labeled, seed) in done:
+          continue
+        start, cpu = time.time(), time.process_time()
+        if method == "classical":
+          scores, spec = classical(labeled), "evaluation/em_classical.py"
+        else:
+          scores, spec = network(method, labeled, seed, args)
+        rows.append({"method": method, "labeled": labeled, "seed": seed, "config": spec,
+                     **scores, "seconds": round(time.time() - start, 1),
+                     "cpu_seconds": round(time.process_time() - cpu, 1)})
+        print(json.dumps(rows[-1]), flush=True)
+        with open(result_path, "w") as f:
+          json.dump(rows, f, indent=1)
+  for row in rows:
+    if row["method"] == "mae_pretraining":
+      print(f"MAE pre-training (mask ratio {row['mask_ratio']}): val reconstruction loss "
+            f"{row['val/reconstruction_loss']:.4f}, {row['seconds'] / 60:.1f} min wall, "
+            f"{row['cpu_seconds'] / 60:.1f} min CPU")
+  print(table(rows))
+
+
+if __name__ == "__main__":
+  main()

@@ -1,0 +1,224 @@
+"""`neuroseg-jax train-em`: labeled serial-section EM slices -> an EM boundary model folder.
+
+Data: an image volume [D, H, W] and its labels [D, H, W] (membrane maps such as
+ISBI 2012's, 0 = membrane, or instance ids; `--labels-kind`), as slice folders,
+TIFF stacks, HDF5 or zarr: FOLDER/image(/|.tif|.h5|.zarr) and FOLDER/label(...),
+the first found, or `--images` / `--labels` paths. The run uses
+`configs/em2d_boundary.py` (U-Net, or UNETR whose ViT can start from a
+`pretrain-em` run) in `MODEL_DIR/run/` (resumable: calling the command again
+continues it). The training run itself evaluates nothing (its config has no
+validation slices, so changing `--val-slices` does not start a new run); afterwards
+the model as stored (float16 weights) predicts the training slices, the per-slice
+watershed is tuned on them (`slice_segmentation.tune_watershed` over the config's
+grid), the validation slices are scored with those parameters (mean adapted Rand
+error, VOI split / merge), and the model folder is written (`em_predictor.py`
+describes model.json) with a model card.
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import math
+import os
+from pathlib import Path
+
+import jax
+import ml_collections
+import numpy as np
+
+from neuroseg_jax import config_loading
+from neuroseg_jax import em_predictor
+from neuroseg_jax import model_folder
+from neuroseg_jax import runtime
+from neuroseg_jax import tasks
+from neuroseg_jax.commands.train_model import _training_seconds
+from neuroseg_jax.data import em_labels
+from neuroseg_jax.data import em_volumes
+from neuroseg_jax.errors import ConfigError, DataError
+from neuroseg_jax.evaluation import slice_segmentation
+from neuroseg_jax.tasks import em_slices
+from neuroseg_jax.training import loop
+from neuroseg_jax.training import transfer
+
+CONFIG = Path(__file__).resolve().parents[2] / "configs" / "em2d_boundary.py"
+MODELS = ("unet", "unetr")
+# Network and crop sizes: the config's own, or its smoke variant (tiny networks, 32x32
+# crops, batch 2: checks data and pipeline in seconds; segments poorly).
+SCALES = {"full": "", "smoke": "smoke"}
+VOLUME_SUFFIXES = ("", ".tif", ".tiff", ".h5", ".hdf5", ".zarr")  # "" = a slice folder
+INTENDED_USE = ("Serial-section transmission EM of neuropil at about 4 nm per pixel (sections "
+                "about 50 nm apart), with cell membranes labeled as in ISBI 2012; cells are "
+                "segmented slice by slice (no linking across z).")
+
+
+def find_volume(folder, name: str) -> str:
+  """FOLDER/name/ (slice files), name.tif, name.h5 or name.zarr: the first that exists."""
+  folder = Path(folder)
+  if not folder.is_dir():
+    raise DataError(folder, "data folder not found")
+  for suffix in VOLUME_SUFFIXES:
+    path = folder / f"{name}{suffix}"
+    if path.is_dir() if not suffix else path.exists():
+      return str(path)
+  raise DataError(folder, f"no {name} volume: expected {name}/ (a folder of slice files), "
+                  f"{name}.tif, {name}.h5 or {name}.zarr in it")
+
+
+def resolve_inputs(data: str | None, images: str | None, labels: str | None) -> tuple[str, str]:
+  """(images, labels) paths: --images / --labels, else found in the --data folder."""
+  if data:
+    images = images or find_volume(data, "image")
+    labels = labels or find_volume(data, "label")
+  if not images or not labels:
+    raise ConfigError("give --data FOLDER (holding image/ and label/) or both --images and "
+                      "--labels")
+  return images, labels
+
+
+def training_devices(batch_size: int) -> list:
+  """The first local devices, as many as divide the batch (all of them when they do)."""
+  devices = jax.local_devices()
+  return devices[:math.gcd(batch_size, len(devices))]
+
+
+def parse_option_slices(text: str, depth: int, option: str) -> list[int]:
+  """`em_slices.parse_slices` with its error naming the command-line option."""
+  try:
+    return em_slices.parse_slices(text, depth, option)
+  except ConfigError as e:
+    raise ConfigError(f"{option}: {e.args[-1]}") from None
+
+
+def recipe_config(images: str, labels: str, model: str = "unet", pretrained: str = "",
+                  train_slices: str = "0-14", num_steps: int = 400, labels_kind: str = "auto",
+                  scale: str = "full", key: str = "", labels_key: str = ""
+                  ) -> ml_collections.ConfigDict:
+  """configs/em2d_boundary.py for these data and settings, without validation slices."""
+  if model not in MODELS:
+    raise ConfigError(f"unknown --model {model!r}; valid choices: {', '.join(MODELS)}")
+  if scale not in SCALES:
+    raise ConfigError(f"unknown --scale {scale!r}; valid choices: {', '.join(SCALES)}")
+  if labels_kind not in em_labels.LABEL_KINDS:
+    raise ConfigError(f"unknown --labels-kind {labels_kind!r}; valid choices: "
+                      f"{', '.join(em_labels.LABEL_KINDS)}")
+  if num_steps < 1:
+    raise ConfigError(f"--steps must be at least 1, got {num_steps}")
+  if pretrained and model != "unetr":
+    raise ConfigError(f"--pretrained needs --model unetr (the ViT that pretrain-em trains); "
+                      f"--model {model} trains from scratch")
+  if pretrained and not os.path.isdir(pretrained):
+    raise DataError(pretrained, "pre-training run folder not found (write one with "
+                    "`neuroseg-jax pretrain-em`)")
+  if not CONFIG.is_file():
+    raise DataError(CONFIG, "config not found; run from a source checkout installed with "
+                    "`pip install -e .`")
+  variants = ",".join(v for v in (SCALES[scale], model) if v)
+  config = config_loading.load_config(f"{CONFIG}:isbi,{variants},num_steps={num_steps}")
+  # Paths and slices are set on the config, not in the argument string (commas, "=").
+  config.data.images, config.data.key = os.path.abspath(images), key
+  config.data.labels, config.data.labels_key = os.path.abspath(labels), labels_key
+  config.data.labels_kind = labels_kind
+  config.data.train_slices, config.data.val_slices = train_slices, ""
+  config.model.pretrained = os.path.abspath(pretrained) if pretrained else ""
+  return config
+
+
+def _spec(config, params: slice_segmentation.WatershedParams, voxel_size, scores: dict) -> dict:
+  return {"kind": em_predictor.KIND,
+          "architecture": {k: v for k, v in config.model.to_dict().items() if k != "pretrained"},
+          "window": list(config.data.crop), "watershed": dataclasses.asdict(params),
+          "voxel_size": list(voxel_size) if voxel_size else None,
+          "pretrained": config.model.pretrained or None, "scores": scores}
+
+
+def _architecture(model_cfg) -> str:
+  if model_cfg.name == "unet":
+    return f"2-D U-Net ({model_cfg.width} wide, {model_cfg.levels} levels)"
+  patch = "x".join(map(str, model_cfg.patch_size))
+  return (f"2-D UNETR on a ViT-{model_cfg.size} (patch {patch}, class token), decoder "
+          f"{model_cfg.decoder_width} wide")
+
+
+def _card(config, task, scale: str, params, voxel_size, scores: dict, seconds: float,
+          command: str) -> str:
+  data = config.data
+  depth, height, width = task.images.shape
+  kind = ("membrane maps (instances = 4-connected interiors per slice)"
+          if isinstance(task.labels, em_labels.MembraneInstanceVolume) else "instance ids")
+  init = (f"the MAE pre-training run `{config.model.pretrained}`" if config.model.pretrained
+          else "random weights")
+  size = (f"{voxel_size[1]:g} x {voxel_size[2]:g} nm per pixel, sections {voxel_size[0]:g} nm"
+          if voxel_size else "not recorded in the image file")
+  lines = ["# EM boundary model card", "",
+           f"- Architecture: {_architecture(config.model)}: boundary (membrane) probability "
+           "per pixel, then a seeded watershed per slice.",
+           f"- Training data: images `{data.images}` ({depth} x {height} x {width}), labels "
+           f"`{data.labels}` read as {kind}; training slices {data.train_slices} "
+           f"({len(task.train_index)}), validation slices "
+           f"{scores.get('val_slices') or 'none'}.",
+           f"- Voxel size: {size}.",
+           f"- Recipe: `configs/em2d_boundary.py` ({scale} sizes), {config.num_steps} steps of "
+           f"batch {config.batch_size}, {'x'.join(map(str, data.crop))} px crops, lr "
+           f"{config.optimizer.lr}, dihedral / elastic / intensity augmentation; initialised "
+           f"from {init}.",
+           f"- Command: `{command}`", f"- Hardware: {runtime.hardware_description()}.",
+           f"- Training wall time: {seconds / 60:.1f} min (the logged steps, compilation "
+           "included; `run/metrics.jsonl`).",
+           f"- Watershed (tuned on the training slices): seed threshold {params.seed_threshold}, "
+           f"min seed size {params.min_seed_size} px, smoothing {params.smoothing} px.",
+           f"- Intended use: {INTENDED_USE}", "",
+           "## Scores (per slice, then averaged; membrane pixels ignored; lower is better)", ""]
+  lines += [f"- {name}: {value}" for name, value in scores.items()]
+  return "\n".join(lines) + "\n"
+
+
+def _as_stored(variables: dict) -> dict:
+  """The variables as the model folder will hold them (float16, read back as float32)."""
+  return jax.tree.map(lambda v: v.astype(np.float16).astype(np.float32)
+                      if np.issubdtype(v.dtype, np.floating) else v, variables)
+
+
+def train_em(images: str, labels: str, out: str, model: str = "unet", pretrained: str = "",
+             num_steps: int = 400, train_slices: str = "0-14", val_slices: str = "15-19",
+             labels_kind: str = "auto", overwrite: bool = False,
+             command: str = "neuroseg-jax train-em", scale: str = "full", key: str = "",
+             labels_key: str = "") -> dict:
+  """Trains on the labeled slices, writes the model folder `out`; returns its scores."""
+  config = recipe_config(images, labels, model, pretrained, train_slices, num_steps,
+                         labels_kind, scale, key, labels_key)
+  depth = em_volumes.open_volume(config.data.images, key or None).shape[0]
+  train_index = parse_option_slices(train_slices, depth, "--train-slices")
+  val_index = parse_option_slices(val_slices, depth, "--val-slices") if val_slices else []
+  if set(train_index) & set(val_index):
+    raise ConfigError(f"--val-slices {val_slices} overlaps --train-slices {train_slices}")
+  task = tasks.build(config)
+  run_dir = os.path.join(out, "run")
+  try:
+    state = loop.train(task, run_dir, devices=training_devices(config.batch_size),
+                       overwrite=overwrite)
+  except transfer.TransferError as e:
+    raise DataError(pretrained, f"its ViT does not fit the UNETR of --scale {scale} "
+                    f"(pretrain-em with the same --scale writes one that does): {e}") from e
+  variables = _as_stored(jax.tree.map(np.asarray, jax.device_get(
+      {"params": state["params"], **state["model_state"]})))
+  voxel_size = em_volumes.read_voxel_size(config.data.images, key or None)
+  draft = em_predictor.EMBoundaryModel(model_folder.ModelFolder(
+      _spec(config, slice_segmentation.WatershedParams(), voxel_size, {}), variables), out)
+  cfg = config.eval
+  grid = slice_segmentation.WatershedGrid(seed_threshold=tuple(cfg.seed_thresholds),
+                                          min_seed_size=tuple(cfg.min_seed_sizes),
+                                          smoothing=tuple(cfg.smoothings))
+  train_boundary = draft.boundary(task.train_images, task.stats)
+  params, table = slice_segmentation.tune_watershed(train_boundary, task.train_labels, grid)
+  scores = {"train_slices": train_slices, "train_arand": round(table[params], 4)}
+  if val_index:
+    val_boundary = draft.boundary(em_slices.read_slices(task.images, val_index), task.stats)
+    val_scores = slice_segmentation.mean_scores(slice_segmentation.slice_scores(
+        em_slices.read_slices(task.labels, val_index),
+        slice_segmentation.watershed_slices(val_boundary, params)))
+    scores["val_slices"] = val_slices
+    scores.update({f"val_{name}": round(value, 4) for name, value in val_scores.items()})
+  card = _card(config, task, scale, params, voxel_size, scores, _training_seconds(run_dir),
+               command)
+  model_folder.write(out, _spec(config, params, voxel_size, scores), variables, card)
+  return scores
