@@ -4,6 +4,9 @@
   neuroseg-jax train --data FOLDER --out MODEL_DIR [--init ...] [--steps N] [--val F]
   neuroseg-jax evaluate --model M --data FOLDER --out DIR
   neuroseg-jax demo [--workdir DIR] [--data FOLDER]   the NeuroSeg-III method end to end
+  neuroseg-jax train-em --data FOLDER --out MODEL_DIR [--model unet|unetr] [--pretrained RUN]
+  neuroseg-jax segment-em INPUT --model MODEL_DIR --out DIR [--slab 8] [--labels LABELS]
+  neuroseg-jax pretrain-em --data FOLDER [FOLDER ...] --out RUN_DIR [--steps N]
   neuroseg-jax train --config=configs/X.py:ARGS --workdir=DIR   research runs
 
 Errors in what the user handed us (`neuroseg_jax.errors.UserError`: data,
@@ -162,18 +165,142 @@ def _evaluate(argv: list[str]) -> None:
   _run(args.debug, job)
 
 
+def _train_em(argv: list[str]) -> None:
+  parser = _parser(
+      "train-em", "Labeled serial-section EM slices -> an EM boundary model folder for "
+      "`segment-em --model`: a 2-D U-Net or UNETR (configs/em2d_boundary.py) predicts "
+      "membranes, a per-slice watershed tuned on the training slices turns them into cells; "
+      "the validation slices are scored (adapted Rand error, VOI). Calling it again resumes.",
+      "neuroseg-jax train-em --data ../shared/data/isbi2012/train --out models/isbi "
+      "--train-slices 0-14 --val-slices 15-19")
+  parser.add_argument("--data", default=None, help=(
+      "folder holding image/ and label/ (slice folders) or image.tif / image.h5 / image.zarr "
+      "and label.* stacks; labels are membrane maps (0 = membrane) or instance ids"))
+  parser.add_argument("--images", default=None, help="image volume (instead of --data)")
+  parser.add_argument("--labels", default=None, help="label volume (instead of --data)")
+  parser.add_argument("--key", default=None, help="HDF5 / zarr dataset of the images")
+  parser.add_argument("--labels-key", default=None, help="HDF5 / zarr dataset of the labels")
+  parser.add_argument("--out", required=True, metavar="MODEL_DIR", help="model folder to write")
+  parser.add_argument("--model", default="unet", choices=("unet", "unetr"),
+                      help="network: U-Net (from scratch) or UNETR (a ViT, can be pre-trained)")
+  parser.add_argument("--pretrained", default=None, metavar="RUN_DIR", help="a `pretrain-em` "
+                      "run folder whose ViT "
+                      "the UNETR starts from (--model unetr only)")
+  parser.add_argument("--steps", type=int, default=400, help="training steps")
+  parser.add_argument("--train-slices", default="0-14",
+                      help="z-slices to train on, like 0-14 or 0-4+10-12")
+  parser.add_argument("--val-slices", default="15-19",
+                      help="z-slices to score the model on ('' = none)")
+  parser.add_argument("--labels-kind", default="auto", choices=("auto", "instances", "membrane"),
+                      help="how labels are read: membrane maps (0 = membrane, cells = "
+                      "interiors), instance ids, or auto (membrane when they hold 0 and one value)")
+  parser.add_argument("--scale", default="full", choices=("full", "smoke"),
+                      help="network and crop sizes: the config's, or smoke (tiny, 32x32 crops, "
+                      "batch 2: checks data and pipeline in seconds, segments poorly)")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="replace a training run of other data or settings in --out")
+  args = parser.parse_args(argv)
+
+  def job():
+    from neuroseg_jax.commands import train_em  # pylint: disable=g-import-not-at-top
+    images, labels = train_em.resolve_inputs(args.data, args.images, args.labels)
+    scores = train_em.train_em(
+        images, labels, args.out, args.model, args.pretrained or "", args.steps,
+        args.train_slices, args.val_slices, args.labels_kind, args.overwrite,
+        " ".join(["neuroseg-jax train-em", *argv]), args.scale, args.key or "",
+        args.labels_key or "")
+    for name, value in scores.items():
+      print(f"{name}: {value}")
+    print(f"model written to {args.out}")
+
+  _run(args.debug, job)
+
+
+def _segment_em(argv: list[str]) -> None:
+  parser = _parser(
+      "segment-em", "Cells of every slice of a serial-section EM volume with a model of "
+      "`train-em`: OUT/labels.tif (uint32, ids unique over the stack), OUT/boundary.tif "
+      "(uint8 membrane probability x 255) and OUT/segmentation.json. Streams the volume in "
+      "slabs, so memory does not grow with its depth.",
+      "neuroseg-jax segment-em ../shared/data/isbi2012/unlabeled --model models/isbi "
+      "--out results/isbi")
+  parser.add_argument("input", metavar="INPUT", help="image volume: folder of slice files, "
+                      "multipage TIFF, HDF5 or zarr (--key)")
+  parser.add_argument("--model", required=True, metavar="MODEL_DIR",
+                      help="model folder written by `train-em`")
+  parser.add_argument("--out", required=True, help="output folder")
+  parser.add_argument("--key", default=None, help="HDF5 / zarr dataset of the images")
+  parser.add_argument("--slab", type=int, default=8, help="z-slices predicted at a time")
+  parser.add_argument("--labels", default=None, help="ground-truth labels of INPUT to score "
+                      "against (membrane maps or instance ids)")
+  parser.add_argument("--labels-kind", default="auto", choices=("auto", "instances", "membrane"),
+                      help="how --labels are read")
+  parser.add_argument("--labels-key", default=None, help="HDF5 / zarr dataset of the labels")
+  args = parser.parse_args(argv)
+
+  def job():
+    from neuroseg_jax.commands import segment_em  # pylint: disable=g-import-not-at-top
+    summary = segment_em.segment_em(args.input, args.model, args.out, args.slab, args.key,
+                                    args.labels, args.labels_kind, args.labels_key)
+    print(f"{summary['instances']} cells in {len(summary['instances_per_slice'])} slices "
+          f"({summary['seconds']:.1f} s) -> {', '.join(summary['files'])} in {args.out}")
+    if "scores" in summary:
+      scores = summary["scores"]
+      print(f"against {args.labels}: mean adapted Rand error {scores['arand']:.4f}, VOI split "
+            f"{scores['voi_split']:.4f}, VOI merge {scores['voi_merge']:.4f} (per slice in "
+            "segmentation.json)")
+
+  _run(args.debug, job)
+
+
+def _pretrain_em(argv: list[str]) -> None:
+  parser = _parser(
+      "pretrain-em", "MAE pre-training (configs/mae2d_pretrain.py:isbi) of the ViT of "
+      "`train-em --model unetr` on unlabeled EM slices; the run folder is what "
+      "`train-em --pretrained` takes. The last slices (5, at most a fifth) are held out for "
+      "validation. Calling it again resumes.",
+      "neuroseg-jax pretrain-em --data ../shared/data/isbi2012/unlabeled "
+      "../shared/data/isbi2012/train/image --out runs/mae_isbi")
+  parser.add_argument("--data", nargs="+", required=True, metavar="FOLDER", help=(
+      "slice folders or stacks (TIFF, HDF5, zarr), stacked along z in this order"))
+  parser.add_argument("--out", required=True, metavar="RUN_DIR", help="run folder to write")
+  parser.add_argument("--steps", type=int, default=1500, help="training steps")
+  parser.add_argument("--mask-ratio", type=float, default=0.75,
+                      help="fraction of the patches masked")
+  parser.add_argument("--scale", default="full", choices=("full", "smoke"),
+                      help="the ViT of `train-em --model unetr --scale` this value")
+  parser.add_argument("--overwrite", action="store_true",
+                      help="replace a run of other data or settings in --out")
+  args = parser.parse_args(argv)
+
+  def job():
+    from neuroseg_jax.commands import pretrain_em  # pylint: disable=g-import-not-at-top
+    metrics = pretrain_em.pretrain_em(args.data, args.out, args.steps, args.mask_ratio,
+                                      args.overwrite, args.scale)
+    if metrics:
+      print(f"validation reconstruction loss {metrics['val/reconstruction_loss']:.4f} "
+            f"(predicting the mean: {metrics['val/mean_baseline']:.4f})")
+    print(f"run written to {args.out}; use it with `neuroseg-jax train-em --model unetr "
+          f"--pretrained {args.out}`")
+
+  _run(args.debug, job)
+
+
 COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
     "segment": (_segment, "neurons (and traces) of recordings or summary images"),
     "train": (_train, "a labeled folder -> a model folder (or --config=... research runs)"),
     "evaluate": (_evaluate, "score a model on a labeled folder"),
     "demo": (_demo, "the whole NeuroSeg-III method on the simulator or a labeled folder"),
+    "train-em": (_train_em, "labeled EM slices -> an EM boundary model folder"),
+    "segment-em": (_segment_em, "cells of every slice of an EM volume (streamed in slabs)"),
+    "pretrain-em": (_pretrain_em, "MAE pre-training on unlabeled EM slices for train-em"),
 }
 
 
 def _usage() -> str:
   lines = ["usage: neuroseg-jax COMMAND [options]   (neuroseg-jax COMMAND --help for each)",
            "", "commands:"]
-  lines += [f"  {name:<8} {summary}" for name, (_, summary) in COMMANDS.items()]
+  lines += [f"  {name:<11} {summary}" for name, (_, summary) in COMMANDS.items()]
   lines += ["", "example:", "  neuroseg-jax demo --workdir runs/demo"]
   return "\n".join(lines)
 

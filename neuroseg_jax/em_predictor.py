@@ -108,10 +108,20 @@ class EMBoundaryModel:
             "voxel_size": list(self.voxel_size) if self.voxel_size else None}
 
 
-@functools.lru_cache(maxsize=4)
 def load_em_model(path: str) -> EMBoundaryModel:
   """The model folder at `path` written by `neuroseg-jax train-em` (DataError naming it
-  when it is not one). Loaded models are kept (up to 4 per process)."""
+  when it is not one). Loaded models are kept (up to 4 per process) until their
+  model.json changes (a folder that train-em rewrote is read again)."""
+  try:
+    stamp = os.stat(os.path.join(path, model_folder.SPEC)).st_mtime_ns
+  except OSError:
+    stamp = None
+  return _load_em_model(str(path), stamp)
+
+
+@functools.lru_cache(maxsize=4)
+def _load_em_model(path: str, stamp: int | None) -> EMBoundaryModel:
+  del stamp  # part of the cache key only
   if not os.path.isdir(path):
     raise DataError(path, "model folder not found")
   if not model_folder.is_model_folder(path):

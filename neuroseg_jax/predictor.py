@@ -101,4 +101,8 @@ def load_model(name_or_path: str = "builtin") -> NeuronModel:
   compiled network.
   """
   path = BUILTIN_MODELS.get(name_or_path, name_or_path)
-  return NeuronModel(model_folder.read(path), name_or_path)
+  folder = model_folder.read(path)
+  if folder.spec.get("kind"):
+    raise DataError(path, f"a {folder.spec['kind']!r} model, not a two-photon neuron model: "
+                    "use `neuroseg-jax segment-em` or neuroseg_jax.load_em_model")
+  return NeuronModel(folder, name_or_path)

@@ -18,6 +18,7 @@ describes model.json) with a model card.
 from __future__ import annotations
 
 import dataclasses
+import json
 import math
 import os
 from pathlib import Path
@@ -31,7 +32,6 @@ from neuroseg_jax import em_predictor
 from neuroseg_jax import model_folder
 from neuroseg_jax import runtime
 from neuroseg_jax import tasks
-from neuroseg_jax.commands.train_model import _training_seconds
 from neuroseg_jax.data import em_labels
 from neuroseg_jax.data import em_volumes
 from neuroseg_jax.errors import ConfigError, DataError
@@ -89,6 +89,28 @@ def parse_option_slices(text: str, depth: int, option: str) -> list[int]:
     raise ConfigError(f"{option}: {e.args[-1]}") from None
 
 
+def check_pretrained_vit(pretrained: str, config: ml_collections.ConfigDict, scale: str) -> None:
+  """DataError naming `pretrained` unless its run's ViT and crop are the UNETR's of `config`
+  (read from the run's config.json, before anything is trained)."""
+  path = os.path.join(pretrained, "config.json")
+  try:
+    with open(path) as f:
+      run = json.load(f)
+  except FileNotFoundError:
+    raise DataError(pretrained, "not a pre-training run folder (no config.json); write one "
+                    "with `neuroseg-jax pretrain-em`") from None
+  except ValueError as e:
+    raise DataError(path, f"unreadable run config ({e})") from None
+  want = {"size": config.model.size, "patch_size": list(config.model.patch_size),
+          "use_class_token": config.model.use_class_token, "crop": list(config.data.crop)}
+  model, data = run.get("model") or {}, run.get("data") or {}
+  have = {**{k: model.get(k) for k in ("size", "patch_size", "use_class_token")},
+          "crop": data.get("crop")}
+  if have != want:
+    raise DataError(pretrained, f"its ViT and crop {have} are not those of the --scale {scale} "
+                    f"UNETR {want}; pre-train with `neuroseg-jax pretrain-em --scale {scale}`")
+
+
 def recipe_config(images: str, labels: str, model: str = "unet", pretrained: str = "",
                   train_slices: str = "0-14", num_steps: int = 400, labels_kind: str = "auto",
                   scale: str = "full", key: str = "", labels_key: str = ""
@@ -120,6 +142,8 @@ def recipe_config(images: str, labels: str, model: str = "unet", pretrained: str
   config.data.labels_kind = labels_kind
   config.data.train_slices, config.data.val_slices = train_slices, ""
   config.model.pretrained = os.path.abspath(pretrained) if pretrained else ""
+  if pretrained:
+    check_pretrained_vit(pretrained, config, scale)
   return config
 
 
@@ -218,7 +242,7 @@ def train_em(images: str, labels: str, out: str, model: str = "unet", pretrained
         slice_segmentation.watershed_slices(val_boundary, params)))
     scores["val_slices"] = val_slices
     scores.update({f"val_{name}": round(value, 4) for name, value in val_scores.items()})
-  card = _card(config, task, scale, params, voxel_size, scores, _training_seconds(run_dir),
+  card = _card(config, task, scale, params, voxel_size, scores, loop.training_seconds(run_dir),
                command)
   model_folder.write(out, _spec(config, params, voxel_size, scores), variables, card)
   return scores

@@ -97,16 +97,6 @@ def score(model: predictor.NeuronModel, samples) -> neuron_matching.Counts:
   return counts
 
 
-def _training_seconds(run_dir: str) -> float:
-  """Wall time of the training steps, from the step rates logged in metrics.jsonl."""
-  seconds, previous = 0.0, 0
-  for record in loop.read_metrics(run_dir):
-    if "steps_per_sec" in record:
-      seconds += (record["step"] - previous) / record["steps_per_sec"]
-      previous = record["step"]
-  return seconds
-
-
 def train_model(data: str, out: str, num_steps: int = 400, val_fraction: float = 0.0,
                 init: str = "scratch", overwrite: bool = False,
                 command: str = "neuroseg-jax train", scale: str = "s") -> dict:
@@ -128,6 +118,6 @@ def train_model(data: str, out: str, num_steps: int = 400, val_fraction: float =
                    "validation recall": round(counts.recall, 4),
                    "validation F1": round(counts.f1, 4)})
   card = _card(config, [s.name for s in task.train_samples], scores,
-               _training_seconds(os.path.join(out, "run")), command)
+               loop.training_seconds(os.path.join(out, "run")), command)
   model_folder.write(out, {**_spec(config, threshold), "scores": scores}, variables, card)
   return scores

@@ -56,10 +56,10 @@ def parse_slices(text: str, depth: int, field: str) -> list[int]:
       first, _, last = part.partition("-")
       indices.update(range(int(first), int(last or first) + 1))
   except ValueError:
-    raise ConfigError(field, f"expected slices written like 0-14 or 0-4+10-12, got {text!r}"
+    raise ConfigError(f"{field}: expected slices written like 0-14 or 0-4+10-12, got {text!r}"
                       ) from None
   if not indices or min(indices) < 0 or max(indices) >= depth:
-    raise ConfigError(field, f"slices {text!r} are not inside the volume's {depth} slices")
+    raise ConfigError(f"{field}: slices {text!r} are not inside the volume's {depth} slices")
   return sorted(indices)
 
 
@@ -109,7 +109,7 @@ class EMSliceBoundary(Task):
     self.val_index = parse_slices(data.val_slices, depth, "data.val_slices") \
         if data.val_slices else []
     if set(self.train_index) & set(self.val_index):
-      raise ConfigError("data.val_slices", f"{data.val_slices} overlaps the training slices "
+      raise ConfigError(f"data.val_slices: {data.val_slices} overlaps the training slices "
                         f"{data.train_slices}")
     self.train_images = read_slices(self.images, self.train_index)
     self.train_labels = compact_slice_labels(read_slices(self.labels, self.train_index))
@@ -146,7 +146,7 @@ class EMSliceBoundary(Task):
       logging.info("em_slice_boundary: training from scratch (no model.pretrained)")
       return None
     if self.config.model.name != "unetr":
-      raise ConfigError("model.pretrained", f"only a UNETR encoder can be pre-trained (MAE); "
+      raise ConfigError(f"model.pretrained: only a UNETR encoder can be pre-trained (MAE); "
                         f"model.name is {self.config.model.name!r}")
     variables, count = transfer.load_pretrained({"params": params}, directory,
                                                 [("params/encoder", "params/encoder")])

@@ -194,3 +194,14 @@ def read_metrics(workdir: str) -> list[dict]:
   """All records of DIR/metrics.jsonl, in order."""
   with open(os.path.join(workdir, "metrics.jsonl")) as f:
     return [json.loads(line) for line in f if line.strip()]
+
+
+def training_seconds(workdir: str) -> float:
+  """Wall time of the training steps of a run, from the step rates in metrics.jsonl
+  (compilation, evaluation and checkpoint pauses excluded)."""
+  seconds, previous = 0.0, 0
+  for record in read_metrics(workdir):
+    if "steps_per_sec" in record:
+      seconds += (record["step"] - previous) / record["steps_per_sec"]
+      previous = record["step"]
+  return seconds
