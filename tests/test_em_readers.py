@@ -17,7 +17,7 @@ from PIL import Image
 
 from neuroseg_jax.data import em_labels, em_sources
 from neuroseg_jax.data.em_volumes import ConcatenatedVolume, open_volume, read_voxel_size
-from neuroseg_jax.data.stacks import ZarrStack
+from neuroseg_jax.data.zarr_stack import ZarrStack
 from neuroseg_jax.errors import ConfigError, DataError
 
 

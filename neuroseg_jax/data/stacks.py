@@ -387,62 +387,6 @@ class Hdf5Stack(Stack):
     self._file.close()
 
 
-# ---------------------------------------------------------------- zarr
-
-
-def _zarr_arrays(group) -> list[str]:
-  """Paths of all arrays under a zarr group, sorted."""
-  import zarr
-  if hasattr(group, "members"):  # zarr 3
-    return sorted(name for name, node in group.members(max_depth=None)
-                  if isinstance(node, zarr.Array))
-  found = []  # zarr 2
-  group.visititems(lambda name, node: found.append(name) if isinstance(node, zarr.Array) else None)
-  return sorted(found)
-
-
-class ZarrStack(Stack):
-  """A 3-D array of a zarr store (a `.zarr` directory), opened read-only; `key` (the
-  array's path in the store, e.g. "volumes/raw") may be omitted when the store holds
-  one array or is an array itself. `source` is "store:key"."""
-
-  def __init__(self, path, key: str | None = None):
-    import zarr  # imported here: it takes ~0.4 s, and most stacks are not zarr.
-    path = Path(path)
-    if not path.exists():
-      raise DataError(path, "file not found")
-    try:
-      root = zarr.open(store=str(path), mode="r")
-    except Exception as e:  # zarr raises its own types for folders without zarr metadata.
-      raise DataError(path, f"not a readable zarr store ({e})") from e
-    if isinstance(root, zarr.Array):
-      if key:
-        raise DataError(path, f"no array {key!r}: the store is a single array")
-      self._data, self._parent, self.source = root, None, str(path)
-    else:
-      arrays = _zarr_arrays(root)
-      found = ", ".join(arrays) or "nothing"
-      if not key and len(arrays) != 1:
-        raise DataError(path, f"give an array key (found: {found})")
-      key = (key or arrays[0]).strip("/")
-      if key not in arrays:
-        raise DataError(path, f"no array {key!r} (found: {found})")
-      parent = key.rpartition("/")[0]
-      self._data, self._parent = root[key], root[parent] if parent else root
-      self.source = f"{path}:{key}"
-    self.shape = tuple(self._data.shape)
-    self.dtype = check_stack(self.source, self.shape, self._data.dtype)
-
-  def read(self, start, stop, rows=_ALL, cols=_ALL):
-    try:
-      return np.asarray(self._data[start:stop, rows, cols])
-    except Exception as e:  # a damaged chunk or codec error; zarr raises many types.
-      raise DataError(self.source, f"cannot read items {start}..{stop - 1} ({e})") from e
-
-  def attributes(self) -> list[dict]:
-    return [dict(node.attrs) for node in (self._data, self._parent) if node is not None]
-
-
 def is_zarr(path: Path) -> bool:
   """A `.zarr` path, or a folder holding zarr metadata."""
   return path.suffix.lower() == ZARR_SUFFIX or (
@@ -457,7 +401,13 @@ for _suffix in image_files.TIFF_SUFFIXES:
   STACK_READERS.register(_suffix)(TiffStack)
 for _suffix in HDF5_SUFFIXES:
   STACK_READERS.register(_suffix)(Hdf5Stack)
-STACK_READERS.register(ZARR_SUFFIX)(ZarrStack)
+
+
+
+@STACK_READERS.register(ZARR_SUFFIX)
+def _zarr_stack(path, **reader_args) -> Stack:
+  from neuroseg_jax.data import zarr_stack  # zarr loads only for zarr stores (~0.4 s)
+  return zarr_stack.ZarrStack(path, **reader_args)
 
 
 def open_stack(path, **reader_args) -> Stack:
