@@ -187,10 +187,12 @@ def _train_em(argv: list[str]) -> None:
                       "run folder whose ViT "
                       "the UNETR starts from (--model unetr only)")
   parser.add_argument("--steps", type=int, default=400, help="training steps")
-  parser.add_argument("--train-slices", default="0-14",
-                      help="z-slices to train on, like 0-14 or 0-4+10-12")
-  parser.add_argument("--val-slices", default="15-19",
-                      help="z-slices to score the model on ('' = none)")
+  parser.add_argument("--train-slices", default="",
+                      help="z-slices to train on, like 0-14 or 0-4+10-12 (default: every "
+                      "slice not in --val-slices)")
+  parser.add_argument("--val-slices", default="",
+                      help="z-slices held out and scored (adapted Rand error, VOI), like 15-19 "
+                      "(default: none)")
   parser.add_argument("--labels-kind", default="auto", choices=("auto", "instances", "membrane"),
                       help="how labels are read: membrane maps (0 = membrane, cells = "
                       "interiors), instance ids, or auto (membrane when they hold 0 and one value)")

@@ -140,3 +140,10 @@ def test_slice_lists_parse_and_reject_out_of_range():
 def test_watershed_params_round_trip_as_dict():
   params = ss.WatershedParams(0.2, 8, 1.0)
   assert ss.WatershedParams(**dataclasses.asdict(params)) == params
+
+
+def test_slice_text_round_trips_through_the_parser():
+  from neuroseg_jax.commands.train_em import slices_text
+  indices = [0, 1, 2, 5, 7, 8]
+  assert slices_text(indices) == "0-2+5+7-8"
+  assert em_slices.parse_slices(slices_text(indices), 9, "f") == indices

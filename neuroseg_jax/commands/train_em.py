@@ -81,12 +81,15 @@ def training_devices(batch_size: int) -> list:
   return devices[:math.gcd(batch_size, len(devices))]
 
 
-def parse_option_slices(text: str, depth: int, option: str) -> list[int]:
-  """`em_slices.parse_slices` with its error naming the command-line option."""
-  try:
-    return em_slices.parse_slices(text, depth, option)
-  except ConfigError as e:
-    raise ConfigError(f"{option}: {e.args[-1]}") from None
+def slices_text(indices) -> str:
+  """Sorted z indices -> the "0-4+10-12" form `em_slices.parse_slices` reads."""
+  runs = []
+  for z in sorted(indices):
+    if runs and z == runs[-1][1] + 1:
+      runs[-1][1] = z
+    else:
+      runs.append([z, z])
+  return "+".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs)
 
 
 def check_pretrained_vit(pretrained: str, config: ml_collections.ConfigDict, scale: str) -> None:
@@ -203,18 +206,24 @@ def _as_stored(variables: dict) -> dict:
 
 
 def train_em(images: str, labels: str, out: str, model: str = "unet", pretrained: str = "",
-             num_steps: int = 400, train_slices: str = "0-14", val_slices: str = "15-19",
+             num_steps: int = 400, train_slices: str = "", val_slices: str = "",
              labels_kind: str = "auto", overwrite: bool = False,
              command: str = "neuroseg-jax train-em", scale: str = "full", key: str = "",
              labels_key: str = "") -> dict:
-  """Trains on the labeled slices, writes the model folder `out`; returns its scores."""
-  config = recipe_config(images, labels, model, pretrained, train_slices, num_steps,
-                         labels_kind, scale, key, labels_key)
-  depth = em_volumes.open_volume(config.data.images, key or None).shape[0]
-  train_index = parse_option_slices(train_slices, depth, "--train-slices")
-  val_index = parse_option_slices(val_slices, depth, "--val-slices") if val_slices else []
+  """Trains on the labeled slices (default: every slice not in `val_slices`), writes the
+  model folder `out`; returns its scores."""
+  depth = em_volumes.open_volume(images, key or None).shape[0]
+  val_index = em_slices.parse_slices(val_slices, depth, "--val-slices") if val_slices else []
+  if not train_slices:
+    rest = sorted(set(range(depth)) - set(val_index))
+    if not rest:
+      raise ConfigError(f"--val-slices {val_slices} leaves no slice of {depth} to train on")
+    train_slices = slices_text(rest)
+  train_index = em_slices.parse_slices(train_slices, depth, "--train-slices")
   if set(train_index) & set(val_index):
     raise ConfigError(f"--val-slices {val_slices} overlaps --train-slices {train_slices}")
+  config = recipe_config(images, labels, model, pretrained, train_slices, num_steps,
+                         labels_kind, scale, key, labels_key)
   task = tasks.build(config)
   run_dir = os.path.join(out, "run")
   try:
