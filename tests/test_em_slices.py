@@ -115,7 +115,8 @@ def test_unet_parameter_count():
   conv = lambda cin, cout: 9 * cin * cout + 2 * cout  # noqa: E731
   expected = (conv(1, 4) + conv(4, 4) + conv(4, 8) + conv(8, 8) + (4 * 8 * 4 + 4)
               + conv(8, 4) + conv(4, 4) + (4 + 1))
-  variables = unet.UNet(1, width=4, levels=2).init(jax.random.PRNGKey(0), jnp.ones((1, 8, 8, 1)))
+  model = unet.UNet(1, width=4, levels=2)
+  variables = jax.eval_shape(lambda: model.init(jax.random.PRNGKey(0), jnp.ones((1, 8, 8, 1))))
   assert sum(a.size for a in jax.tree.leaves(variables["params"])) == expected
 
 
