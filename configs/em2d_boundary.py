@@ -103,5 +103,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "seed_thresholds": (0.1, 0.2, 0.3, 0.4, 0.5, 0.6),
       "min_seed_sizes": (8, 32, 128),
       "smoothings": (0.0, 1.0, 2.0),
+      "seed_erosions": (0.0, 2.0, 4.0),
   })
   return config

@@ -14,7 +14,9 @@ parameters tuned on its own training slices (`evaluation/slice_evaluator.py`):
               (configs/mae2d_pretrain.py:isbi at --mask-ratio, run once in DIR/ratio_R,
               where experiments/masking_ratio.py --out=DIR finds and reuses it)
 Runs are resumable and a finished run is reused. Writes DIR/em_isbi_study.json and
-prints a Markdown table; wall and CPU seconds (this process, all threads) per run.
+prints a Markdown table; wall and CPU seconds (this process, all threads) per run, and
+the training steps' wall time from the run's metrics. A finished run whose evaluation
+predates the current watershed grid is evaluated again from its final checkpoint.
 """
 
 from __future__ import annotations
@@ -25,11 +27,14 @@ import json
 import os
 import time
 
+import jax
 import numpy as np
 
 from experiments.masking_ratio import train
+from neuroseg_jax import config_loading, tasks
 from neuroseg_jax.data import em_labels, em_volumes, intensity
 from neuroseg_jax.evaluation import em_classical, slice_segmentation
+from neuroseg_jax.training import loop
 
 ISBI = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
                     "isbi2012", "train")
@@ -48,6 +53,24 @@ def classical(labeled: int) -> dict:
       gt[VAL], slice_segmentation.watershed_slices(ridge[VAL], params))
   return {**{f"val/{k}": v for k, v in slice_segmentation.mean_scores(scores).items()},
           "train/arand": table[params], "watershed": dataclasses.asdict(params)}
+
+
+def evaluated_with_current_grid(path: str) -> bool:
+  """Whether the run's slice evaluation exists and tuned every current watershed field."""
+  if not os.path.exists(path):
+    return False
+  with open(path) as f:
+    chosen = json.load(f)["watershed"]
+  return set(chosen) == {f.name for f in dataclasses.fields(slice_segmentation.WatershedParams)}
+
+
+def evaluate(task, state, workdir: str) -> None:
+  """Runs the task's evaluators on a finished run's final state (writes its JSON)."""
+  predict_fn = jax.jit(task.predict_fn)
+  predict = lambda batch: jax.device_get(  # noqa: E731
+      predict_fn(state["params"], state["model_state"], batch))
+  for evaluator in task.evaluators(workdir):
+    list(evaluator.run(predict))
 
 
 def mae_workdir(args) -> str:
@@ -74,12 +97,17 @@ def network(method: str, labeled: int, seed: int, args) -> tuple[dict, str]:
     workdir = os.path.join(mae_dir, "finetune") if (labeled, seed) == (15, 0) else None
   workdir = (workdir if method == "unetr_mae" and workdir else
              os.path.join(args.out, f"{method}_n{labeled}_s{seed}"))
-  train(spec, workdir)
-  with open(os.path.join(workdir, "slice_evaluation.json")) as f:
+  task = tasks.build(config_loading.load_config(spec))
+  state = loop.train(task, workdir, devices=jax.devices()[:1])
+  path = os.path.join(workdir, "slice_evaluation.json")
+  if not evaluated_with_current_grid(path):
+    evaluate(task, state, workdir)
+  with open(path) as f:
     evaluation = json.load(f)
   return ({**{f"val/{k}": v for k, v in evaluation["val_mean"].items()},
            "val/arand_oracle": evaluation["val_arand_oracle"],
-           "train/arand": evaluation["train_arand"], "watershed": evaluation["watershed"]},
+           "train/arand": evaluation["train_arand"], "watershed": evaluation["watershed"],
+           "train_seconds": round(loop.training_seconds(workdir), 1)},
           spec)
 
 

@@ -80,7 +80,7 @@ def test_train_em_then_segment_em(membrane_data, tmp_path, capsys):
   spec = json.loads((model_dir / "model.json").read_text())
   assert spec["kind"] == "em_slice_boundary" and spec["architecture"]["name"] == "unet"
   assert spec["window"] == [32, 32] and spec["voxel_size"] is None
-  assert set(spec["watershed"]) == {"seed_threshold", "min_seed_size", "smoothing"}
+  assert set(spec["watershed"]) == {"seed_threshold", "min_seed_size", "smoothing", "seed_erosion"}
   assert spec["scores"]["train_slices"] == "0-2" and spec["scores"]["val_slices"] == "3"
   assert 0.0 <= spec["scores"]["val_arand"] <= 1.0
   card = (model_dir / "MODEL_CARD.md").read_text()

@@ -76,15 +76,26 @@ def test_watershed_recovers_cells_from_a_clean_boundary_map_with_ids_unique_over
   assert (one["arand"] > 0.8).all() and (one["voi_merge"] > 3).all()  # 16 equal cells
 
 
+def test_seed_erosion_splits_two_cells_joined_through_a_membrane_gap():
+  labels = np.zeros((1, 24, 40), np.uint32)
+  labels[0, 2:22, 2:19], labels[0, 2:22, 21:38] = 1, 2
+  boundary = em_slice_crops.boundary_map(labels)
+  boundary[0, 10:13, 19:21] = 0.0  # a 3-px gap in the membrane between the cells
+  merged = ss.watershed_slices(boundary, ss.WatershedParams(0.5, 4, 0.0, 0.0))
+  split = ss.watershed_slices(boundary, ss.WatershedParams(0.5, 4, 0.0, 2.0))
+  assert ss.slice_scores(labels, merged)["arand"][0] > 0.3  # two equal cells as one: 1/3
+  assert ss.slice_scores(labels, split)["arand"][0] < 0.01
+
+
 def test_tuning_picks_the_params_of_lowest_training_error():
   labels = grid_cells(depth=2)
   rng = np.random.default_rng(0)
   boundary = np.clip(em_slice_crops.boundary_map(labels) * 0.7 + rng.uniform(0, 0.3, labels.shape),
                      0, 1)
   grid = ss.WatershedGrid(seed_threshold=(0.05, 0.2, 0.5), min_seed_size=(1, 20),
-                          smoothing=(0.0, 1.0))
+                          smoothing=(0.0, 1.0), seed_erosion=(0.0, 2.0))
   best, table = ss.tune_watershed(boundary, labels, grid)
-  assert len(table) == 12
+  assert len(table) == 24
   direct = {p: ss.mean_scores(ss.slice_scores(labels, ss.watershed_slices(boundary, p)))["arand"]
             for p in grid}
   assert best == min(direct, key=direct.get)
@@ -139,7 +150,7 @@ def test_slice_lists_parse_and_reject_out_of_range():
 
 
 def test_watershed_params_round_trip_as_dict():
-  params = ss.WatershedParams(0.2, 8, 1.0)
+  params = ss.WatershedParams(0.2, 8, 1.0, 2.0)
   assert ss.WatershedParams(**dataclasses.asdict(params)) == params
 
 

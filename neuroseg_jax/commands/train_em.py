@@ -240,7 +240,7 @@ def train_em(images: str, labels: str, out: str, model: str = "unet", pretrained
   cfg = config.eval
   grid = slice_segmentation.WatershedGrid(seed_threshold=tuple(cfg.seed_thresholds),
                                           min_seed_size=tuple(cfg.min_seed_sizes),
-                                          smoothing=tuple(cfg.smoothings))
+                                          smoothing=tuple(cfg.smoothings), seed_erosion=tuple(cfg.seed_erosions))
   train_boundary = draft.boundary(task.train_images, task.stats)
   params, table = slice_segmentation.tune_watershed(train_boundary, task.train_labels, grid)
   scores = {"train_slices": train_slices, "train_arand": round(table[params], 4)}

@@ -15,9 +15,9 @@ import numpy as np
 from neuroseg_jax.data import intensity
 from neuroseg_jax.evaluation.slice_segmentation import WatershedGrid
 
-CLASSICAL_GRID = WatershedGrid(seed_threshold=(0.2, 0.3, 0.4, 0.5, 0.6, 0.7),
-                               min_seed_size=(16, 64, 256, 1024),
-                               smoothing=(1.0, 2.0, 3.0, 4.0))
+CLASSICAL_GRID = WatershedGrid(seed_threshold=(0.3, 0.4, 0.5, 0.6),
+                               min_seed_size=(16, 64, 256),
+                               smoothing=(1.0, 2.0, 3.0), seed_erosion=(0.0, 2.0, 4.0))
 
 
 def dark_ridge_map(images, stats: intensity.IntensityStats) -> np.ndarray:

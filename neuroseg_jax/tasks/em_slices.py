@@ -182,7 +182,7 @@ class EMSliceBoundary(Task):
     cfg = self.config.eval
     grid = slice_segmentation.WatershedGrid(
         seed_threshold=tuple(cfg.seed_thresholds), min_seed_size=tuple(cfg.min_seed_sizes),
-        smoothing=tuple(cfg.smoothings))
+        smoothing=tuple(cfg.smoothings), seed_erosion=tuple(cfg.seed_erosions))
     return [slice_evaluator.SliceEvaluator(
         self.images, self.labels, self.train_index, self.val_index,
         slice_evaluator.InferenceSettings(window=self.crop, stride=tuple(cfg.stride) or
