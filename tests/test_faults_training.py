@@ -168,6 +168,10 @@ def test_reused_run_folder_with_other_config_refuses(tmp_path):
   # Same config: resumes (nothing to do); longer: extends the run.
   assert int(_train(first, tmp_path)["step"]) == 2
   assert int(_train(toy_task.toy_config(num_steps=4), tmp_path)["step"]) == 4
+  # Evaluation settings do not change what was trained: the run is reused.
+  evaluated_otherwise = toy_task.toy_config(num_steps=4)
+  evaluated_otherwise.eval = {"thresholds": (0.2, 0.4)}
+  assert int(_train(evaluated_otherwise, tmp_path)["step"]) == 4
   replaced = _train(other, tmp_path, overwrite=True)
   fresh = _train(other, tmp_path.parent / "fresh")
   _assert_same_params(replaced, fresh)

@@ -32,6 +32,9 @@ RECORD = "run.json"
 OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "config.json", RECORD)
 IGNORED_FIELDS = frozenset({"num_steps", "log_every", "eval_every", "checkpoint_every",
                             "keep_checkpoints", "checkpoint_async", "data_workers", "prefetch"})
+# Config groups that say how a run is evaluated, not what is trained: a finished run can
+# be evaluated again with other settings (e.g. a wider post-processing grid).
+IGNORED_GROUPS = ("eval.",)
 
 
 class RunFolderError(UserError):
@@ -75,7 +78,8 @@ def _file_stats(path: str) -> Iterator[str]:
 def fingerprint(config: ml_collections.ConfigDict) -> dict:
   """{"config": {field: value}, "data": sha256 of the named inputs' stats, "inputs": [...]}."""
   fields = dict(_flatten(json.loads(config.to_json_best_effort())))
-  compared = {k: v for k, v in fields.items() if k not in IGNORED_FIELDS}
+  compared = {k: v for k, v in fields.items()
+              if k not in IGNORED_FIELDS and not k.startswith(IGNORED_GROUPS)}
   inputs = sorted({os.path.abspath(p) for v in fields.values() for p in _paths_in(v)})
   digest = hashlib.sha256()
   for path in inputs:
