@@ -31,8 +31,10 @@ def test_neuron_evaluator_scores_perfect_affinities_zero(tmp_path):
                                  padding=(1, 2, 2), batch_size=4, flip_axes=(1, 2),
                                  output_key="probs", scratch_dir=str(tmp_path))
   scores = dict(ev.NeuronEvaluator(inference, labels).run(_oracle(aff.affinities_from_labels)))
-  assert set(scores) == {"val/arand", "val/voi_split", "val/voi_merge", "val/waterz_threshold"}
+  assert set(scores) == {"val/arand", "val/voi_split", "val/voi_merge", "val/arand_oracle",
+                         "val/waterz_threshold"}
   assert scores["val/arand"] == pytest.approx(0.0, abs=1e-12)
+  assert scores["val/arand_oracle"] == pytest.approx(0.0, abs=1e-12)
   assert scores["val/voi_split"] == pytest.approx(0.0, abs=1e-12)
   assert scores["val/voi_merge"] == pytest.approx(0.0, abs=1e-12)
   assert (tmp_path / "affinities.npy").is_file()  # predictions streamed to a memmap
@@ -44,11 +46,22 @@ def test_neuron_evaluator_sees_a_merge():
   inference = ev.VolumeInference(merged.astype(np.float32), (4, 8, 8), (2, 4, 4),
                                  padding=(1, 2, 2), output_key="probs")
   scores = dict(ev.NeuronEvaluator(inference, labels).run(_oracle(aff.affinities_from_labels)))
-  # gt 1 and 2 (540 voxels each) in one segment, out of 2280 gt foreground voxels (row 9
-  # is membrane): VOI merge = 1080 / 2280 * 1 bit.
-  assert scores["val/voi_merge"] == pytest.approx(1080 / 2280)
+  # Halves along y (the longest axis, 20): rows 0-9 hold gt 1 and 2 (540 voxels each, row 9
+  # is membrane) in one segment: VOI merge 1 bit; rows 10-19 are right: 0. Mean 0.5.
+  assert scores["val/voi_merge"] == pytest.approx(0.5)
   assert scores["val/voi_split"] == pytest.approx(0.0, abs=1e-12)
-  assert scores["val/arand"] > 0.1
+  assert scores["val/arand"] > 0.1 and scores["val/arand_oracle"] > 0.1
+
+
+def test_cross_fitting_scores_each_half_at_the_other_halves_threshold():
+  def scores(arand_by_threshold):
+    return {t: {"arand": a, "voi_split": 10 * a, "voi_merge": t} for t, a in
+            arand_by_threshold.items()}
+  first = scores({0.1: 0.2, 0.5: 0.4})   # best alone at 0.1
+  second = scores({0.1: 0.3, 0.5: 0.1})  # best alone at 0.5
+  # first is scored at 0.5 (0.4), second at 0.1 (0.3): never at its own best.
+  assert ev.cross_fitted(first, second) == pytest.approx(
+      {"arand": 0.35, "voi_split": 3.5, "voi_merge": 0.3})
 
 
 def test_mitochondria_evaluator_scores_perfect_predictions_one():

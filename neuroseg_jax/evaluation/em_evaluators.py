@@ -67,11 +67,15 @@ def _labels(labels, shape, name: str) -> np.ndarray:
 class NeuronEvaluator:
   """Affinities -> waterz -> SNEMI3D scores.
 
-  Reports `{prefix}/arand`, `{prefix}/voi_split`, `{prefix}/voi_merge` at the waterz
-  threshold (of `thresholds`) with the lowest adapted Rand error, tuned on this
-  validation volume as is usual for agglomeration thresholds, and that threshold as
-  `{prefix}/waterz_threshold`. The model's first 3 output channels must be the
-  nearest-neighbour affinities; `offsets` lists every output channel's offset.
+  The waterz threshold (of `thresholds`) is never chosen on the voxels it is scored on:
+  the validation volume is cut in two halves along its longest axis, each half is
+  scored at the threshold of lowest adapted Rand error on the other half, and
+  `{prefix}/arand`, `{prefix}/voi_split`, `{prefix}/voi_merge` are the means over the
+  two halves (`cross_fitted`). `{prefix}/arand_oracle` is the lowest whole-volume
+  error over the thresholds (tuned on the scored voxels themselves, optimistic) and
+  `{prefix}/waterz_threshold` its threshold, the one to use on new data. The model's
+  first 3 output channels must be the nearest-neighbour affinities; `offsets` lists
+  every output channel's offset.
   """
 
   def __init__(self, inference: VolumeInference, labels, *,
@@ -84,18 +88,32 @@ class NeuronEvaluator:
 
   def run(self, predict_fn) -> Iterable[tuple[str, float]]:
     affinities = self.inference.predict(predict_fn, len(self.offsets), self.offsets, "affinities")
-    best = None
+    axis = int(np.argmax(self.labels.shape))
+    cut = self.labels.shape[axis] // 2
+    halves = (slice(None, cut), slice(cut, None))
+    whole, per_half = {}, ({}, {})
     for threshold, segmentation in em_postprocess.waterz_segmentations(
         affinities, self.thresholds, min_size=self.min_size):
-      table = em_metrics.overlap(self.labels, segmentation)
-      scores = {**em_metrics.adapted_rand(self.labels, segmentation, table),
-                **em_metrics.variation_of_information(self.labels, segmentation, table)}
-      if best is None or scores["arand"] < best[1]["arand"]:
-        best = (threshold, scores)
-    threshold, scores = best
-    for key in ("arand", "voi_split", "voi_merge"):
-      yield f"{self.prefix}/{key}", float(scores[key])
-    yield f"{self.prefix}/waterz_threshold", float(threshold)
+      whole[threshold] = em_metrics.adapted_rand(self.labels, segmentation)["arand"]
+      for scores, half in zip(per_half, halves):
+        gt, seg = np.moveaxis(self.labels, axis, 0)[half], np.moveaxis(segmentation, axis, 0)[half]
+        table = em_metrics.overlap(np.ascontiguousarray(gt), np.ascontiguousarray(seg))
+        scores[threshold] = {**em_metrics.adapted_rand(gt, seg, table),
+                             **em_metrics.variation_of_information(gt, seg, table)}
+    for key, value in cross_fitted(*per_half).items():
+      yield f"{self.prefix}/{key}", value
+    best = min(whole, key=whole.get)
+    yield f"{self.prefix}/arand_oracle", float(whole[best])
+    yield f"{self.prefix}/waterz_threshold", float(best)
+
+
+def cross_fitted(scores_a: dict, scores_b: dict) -> dict[str, float]:
+  """Two halves' {threshold: {"arand", "voi_split", "voi_merge", ...}} -> the mean over
+  the halves of each one's scores at the threshold of lowest "arand" on the other."""
+  best_a = min(scores_a, key=lambda t: scores_a[t]["arand"])
+  best_b = min(scores_b, key=lambda t: scores_b[t]["arand"])
+  return {key: float((scores_a[best_b][key] + scores_b[best_a][key]) / 2)
+          for key in ("arand", "voi_split", "voi_merge")}
 
 
 class MitochondriaEvaluator:

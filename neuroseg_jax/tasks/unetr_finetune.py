@@ -37,7 +37,8 @@ which counts and logs the arrays and fails on any missing, extra or mis-shaped a
 Empty = trained from scratch (same network, same seed).
 
 Evaluation on the test region: sliding-window inference (`eval.*`), then
-NeuronEvaluator (affinities: val/arand, val/voi_split, val/voi_merge) or
+NeuronEvaluator (affinities: val/arand, val/voi_split, val/voi_merge with the waterz
+threshold cross-fitted between the region's halves; val/arand_oracle) or
 MitochondriaEvaluator (BC / BCD: val/ap75, val/ap50, val/dice, val/iou).
 """
 
