@@ -86,6 +86,35 @@ def init_variables(model) -> dict:
       jnp.zeros((1, 64, 64, 3), jnp.float32))
 
 
+def time_train_step(model, variables: dict, batch: dict, loss_fn, warmup: int,
+                    iters: int) -> tuple[float, float, float]:
+  """(seconds per training step, compile seconds, loss after the timed steps) of forward +
+  `loss_fn(outputs, batch)` + backward + AdamW update, train-mode BatchNorm and drop-path."""
+  optimizer = optax.adamw(1e-3, weight_decay=5e-4)
+
+  def train_step(params, opt_state, batch_stats, batch, rng):
+    def objective(params):
+      outputs, updates = model.apply({"params": params, "batch_stats": batch_stats},
+                                     batch["image"], train=True, mutable=["batch_stats"],
+                                     rngs={"drop_path": rng})
+      return loss_fn(outputs, batch), updates["batch_stats"]
+    (loss, new_stats), grads = jax.value_and_grad(objective, has_aux=True)(params)
+    updates, opt_state = optimizer.update(grads, opt_state, params)
+    return optax.apply_updates(params, updates), opt_state, new_stats, loss
+
+  params, batch_stats = jax.tree.map(jnp.copy, (variables["params"], variables["batch_stats"]))
+  state = [params, optimizer.init(params), batch_stats]  # copies: the step donates them
+  rng = jax.random.key(1, impl="rbg")
+  step, compile_seconds = compile_timed(train_step, *state, batch, rng, donate_argnums=(0, 1, 2))
+
+  def call_step():  # carries the donated state from call to call
+    state[0], state[1], state[2], loss = step(*state, batch, rng)
+    return loss
+
+  seconds = seconds_per_call(call_step, warmup, iters)
+  return seconds, compile_seconds, float(call_step())
+
+
 def benchmark(model, variables: dict, size: int, args) -> dict:
   image_hw = (size, size)
   forward, abstract_vars, abstract_image = profiling.inference_fn(model, image_hw)  # decodes too
@@ -93,35 +122,14 @@ def benchmark(model, variables: dict, size: int, args) -> dict:
   fwd, fwd_compile = compile_timed(forward, variables, batch["image"])
   fwd_time = seconds_per_call(lambda: fwd(variables, batch["image"]), args.warmup, args.iters)
 
-  optimizer = optax.adamw(1e-3, weight_decay=5e-4)
-
-  def train_step(params, opt_state, batch_stats, batch, rng):
-    def loss_fn(params):
-      outputs, updates = model.apply({"params": params, "batch_stats": batch_stats},
-                                     batch["image"], train=True, mutable=["batch_stats"],
-                                     rngs={"drop_path": rng})
-      return train_loss(outputs, batch), updates["batch_stats"]
-    (loss, new_stats), grads = jax.value_and_grad(loss_fn, has_aux=True)(params)
-    updates, opt_state = optimizer.update(grads, opt_state, params)
-    return optax.apply_updates(params, updates), opt_state, new_stats, loss
-
-  params, batch_stats = jax.tree.map(jnp.copy, (variables["params"], variables["batch_stats"]))
-  state = [params, optimizer.init(params), batch_stats]  # copies: the step donates them
-  rng = jax.random.key(1, impl="rbg")
-  step, train_compile = compile_timed(train_step, *state, batch, rng, donate_argnums=(0, 1, 2))
-
-  def call_step():  # carries the donated state from call to call
-    state[0], state[1], state[2], loss = step(*state, batch, rng)
-    return loss
-
-  train_time = seconds_per_call(call_step, args.warmup, args.iters)
+  train_time, train_compile, loss = time_train_step(model, variables, batch, train_loss,
+                                                    args.warmup, args.iters)
   return {
       "params": profiling.count_params(abstract_vars["params"]),
       "matmul_gflops": profiling.matmul_flops(forward, abstract_vars, abstract_image) / 1e9,
       "xla_gflops": profiling.compiled_flops(fwd) / args.batch / 1e9,
       "fwd_ips": args.batch / fwd_time, "train_ips": args.batch / train_time,
-      "fwd_compile_s": fwd_compile, "train_compile_s": train_compile,
-      "loss": float(call_step())}
+      "fwd_compile_s": fwd_compile, "train_compile_s": train_compile, "loss": loss}
 
 
 def main():

@@ -160,3 +160,63 @@ def test_masks_at_the_wrong_resolution_raise_data_error():
   batch["masks"] = np.zeros((1, 1, 32, 32), np.uint8)
   with pytest.raises(DataError, match="prototype resolution"):
     seg_loss.yolo_seg_loss(make_outputs(), batch)
+
+
+def _random_problem(box_sizes, size=128, seed=3):
+  """Random head outputs for a size x size image and square boxes of `box_sizes` px."""
+  rng = np.random.default_rng(seed)
+  anchors, cells = len(box_geometry.make_anchors((size, size))[0]), size // 4
+  outputs = {"box_logits": rng.normal(0, 1, (1, anchors, 64)),
+             "cls_logits": rng.normal(0, 1, (1, anchors, 1)),
+             "mask_coef": rng.normal(0, 1, (1, anchors, 8)),
+             "protos": rng.normal(0, 1, (1, cells, cells, 8))}
+  corners = rng.uniform(0, size - max(box_sizes), (len(box_sizes), 2))
+  boxes = np.concatenate([corners, corners + np.asarray(box_sizes)[:, None]], axis=1)
+  boxes = np.concatenate([boxes, rng.uniform(-50, 500, (2, 4))])  # 2 padding slots, garbage
+  valid = np.arange(len(boxes)) < len(box_sizes)
+  batch = {"image": np.zeros((1, size, size, 1)), "boxes": boxes[None],
+           "classes": np.zeros((1, len(boxes)), np.int32), "valid": valid[None],
+           "masks": rng.integers(0, 2, (1, len(boxes), cells, cells)).astype(np.uint8)}
+  to_f32 = lambda tree: jax.tree.map(  # noqa: E731
+      lambda a: a.astype(np.float32) if a.dtype == np.float64 else a, tree)
+  return to_f32(outputs), to_f32(batch)
+
+
+@pytest.mark.parametrize("box_sizes, windowed", [((12, 20, 27, 16), True), ((12, 80), False)])
+def test_mask_term_on_crops_equals_the_full_map(box_sizes, windowed):
+  outputs, batch = _random_problem(box_sizes)
+  # 7 cells at most (27 px / stride 4) fit an 8-cell crop; an 80 px box does not, and
+  # the whole batch then takes the full-map path.
+  real_boxes = batch["boxes"][batch["valid"]]
+  assert bool(seg_loss.boxes_fit_windows(real_boxes / 4, 8, 32, 32).all()) == windowed
+
+  def value_and_grads(window):
+    hyper = seg_loss.SegLossHyper(mask_window=window)
+    fn = jax.jit(jax.value_and_grad(lambda o: seg_loss.yolo_seg_loss(o, batch, hyper)[1]["mask"]))
+    return fn(outputs)
+
+  (full, full_grads), (cropped, cropped_grads) = value_and_grads(0), value_and_grads(8)
+  assert float(full) > 0
+  np.testing.assert_allclose(cropped, full, rtol=1e-5)
+  for key in ("mask_coef", "protos"):
+    assert np.abs(full_grads[key]).max() > 0
+    np.testing.assert_allclose(cropped_grads[key], full_grads[key], rtol=1e-4, atol=1e-7)
+
+
+def test_crops_hold_boxes_at_the_map_edges():
+  boxes = np.asarray([[-3.0, -2.0, 5.0, 6.0],     # starts off the map: crop at 0
+                      [28.5, 29.2, 32.0, 33.0],   # runs off the far edge: crop ends at 32
+                      [10.2, 10.0, 18.2, 17.0],   # cells 11..18 (8 columns): fits
+                      [10.0, 10.0, 18.5, 12.0]])  # cells 10..18 (9 columns): does not fit
+  np.testing.assert_array_equal(seg_loss.boxes_fit_windows(boxes, 8, 32, 32),
+                                [True, True, True, False])
+
+
+def test_crops_are_not_used_for_an_instance_with_more_positives_than_top_k():
+  boxes = np.asarray([[[1.0, 1.0, 4.0, 4.0], [10.0, 10.0, 14.0, 14.0]]])  # both fit
+  foreground = np.asarray([[True, True, True, False, True]])
+  exact = lambda index, k: bool(seg_loss.cropped_mask_loss_is_exact(  # noqa: E731
+      foreground, np.asarray([index]), boxes, per_instance=k, window=8, height=32, width=32))
+  assert exact([0, 0, 1, 0, 1], k=2)      # 2 positives each
+  assert not exact([0, 0, 0, 1, 1], k=2)  # instance 0 has 3
+  assert exact([0, 0, 0, 1, 1], k=3)
