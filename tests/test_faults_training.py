@@ -172,6 +172,12 @@ def test_reused_run_folder_with_other_config_refuses(tmp_path):
   evaluated_otherwise = toy_task.toy_config(num_steps=4)
   evaluated_otherwise.eval = {"thresholds": (0.2, 0.4)}
   assert int(_train(evaluated_otherwise, tmp_path)["step"]) == 4
+  # ... also when the folder's record predates that rule and still lists eval fields.
+  record_path = tmp_path / run_folder.RECORD
+  record = json.loads(record_path.read_text())
+  record["config"]["eval.thresholds.0"] = 0.3
+  record_path.write_text(json.dumps(record))
+  assert int(_train(evaluated_otherwise, tmp_path)["step"]) == 4
   replaced = _train(other, tmp_path, overwrite=True)
   fresh = _train(other, tmp_path.parent / "fresh")
   _assert_same_params(replaced, fresh)

@@ -75,11 +75,16 @@ def _file_stats(path: str) -> Iterator[str]:
       yield f"{os.path.relpath(os.path.join(root, name), path)}:{info.st_size}:{info.st_mtime_ns}"
 
 
+def _compared(fields: dict) -> dict:
+  """The fields that decide whether two runs are the same experiment."""
+  return {k: v for k, v in fields.items()
+          if k not in IGNORED_FIELDS and not k.startswith(IGNORED_GROUPS)}
+
+
 def fingerprint(config: ml_collections.ConfigDict) -> dict:
   """{"config": {field: value}, "data": sha256 of the named inputs' stats, "inputs": [...]}."""
   fields = dict(_flatten(json.loads(config.to_json_best_effort())))
-  compared = {k: v for k, v in fields.items()
-              if k not in IGNORED_FIELDS and not k.startswith(IGNORED_GROUPS)}
+  compared = _compared(fields)
   inputs = sorted({os.path.abspath(p) for v in fields.values() for p in _paths_in(v)})
   digest = hashlib.sha256()
   for path in inputs:
@@ -90,6 +95,8 @@ def fingerprint(config: ml_collections.ConfigDict) -> dict:
 
 
 def _differences(old: dict, new: dict) -> list[str]:
+  # A record written before a field became ignored still holds it: compare without it.
+  old, new = {**old, "config": _compared(old["config"])}, {**new, "config": _compared(new["config"])}
   keys = sorted(set(old["config"]) | set(new["config"]))
   changed = [k for k in keys if old["config"].get(k) != new["config"].get(k)]
   text = [f"{k}: {old['config'].get(k)!r} -> {new['config'].get(k)!r}" for k in changed[:4]]
