@@ -194,6 +194,21 @@ def test_reused_run_folder_with_other_data_refuses(tmp_path):
     _train(config, tmp_path / "run")
 
 
+def test_a_run_folder_as_input_counts_by_its_checkpoints(tmp_path):
+  pretrained = tmp_path / "pretrained"
+  _train(toy_task.toy_config(num_steps=2), pretrained)
+  config = toy_task.toy_config(num_steps=2)
+  config.data_file = str(pretrained)
+  # Nested in the run it starts from, as experiments/masking_ratio.py places fine-tuning.
+  workdir = pretrained / "finetune"
+  _train(config, workdir)
+  _train(toy_task.toy_config(num_steps=2), pretrained)  # reused: rewrites its config.json
+  assert int(_train(config, workdir)["step"]) == 2
+  _train(toy_task.toy_config(num_steps=4), pretrained)  # trained on: a new checkpoint
+  with pytest.raises(run_folder.RunFolderError, match="the input data changed"):
+    _train(config, workdir)
+
+
 def _unwritable_folder(tmp_path) -> str:
   locked = tmp_path / "locked"
   locked.mkdir()

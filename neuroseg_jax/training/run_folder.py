@@ -64,6 +64,11 @@ def _paths_in(value: Any) -> Iterator[str]:
 
 
 def _file_stats(path: str) -> Iterator[str]:
+  """Size and mtime of the file, or of every file under the folder. A run folder (an
+  MAE run named by `pretrained=`) counts by its checkpoints alone: reusing or
+  re-evaluating it rewrites its logs, and runs nested in it train on."""
+  if os.path.isfile(os.path.join(path, RECORD)):
+    path = os.path.join(path, "checkpoints")
   if os.path.isfile(path):
     info = os.stat(path)
     yield f"{os.path.basename(path)}:{info.st_size}:{info.st_mtime_ns}"
