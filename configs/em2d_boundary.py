@@ -16,6 +16,11 @@ field they set; sizes written "HxW"):
   size, patch_size, decoder_width, pretrained   the UNETR (an MAE run of the same ViT)
   elastic_alpha              px RMS of the elastic deformation (0 = off)
   flip_tta                   switch: 4-flip test-time augmentation in evaluation
+  merge                      switch: the watershed's fragments are also agglomerated, the
+                             merge threshold tuned with the other parameters
+  tune_slices                labeled z-slices the post-processing is tuned on ("" = the
+                             training slices; slices the network did not train on give
+                             parameters that carry over to new data)
 The UNETR's ViT and crop must be those of configs/mae2d_pretrain.py:isbi (mini, patch
 16x16, 128x128 crops) for its weights to load.
 """
@@ -33,7 +38,8 @@ COMMON = dict(
     images="", key="", labels="", labels_key="", labels_kind="auto",
     train_slices="0-14", val_slices="15-19", crop="128x128", batch_size=8, num_steps=400,
     lr=2e-3, warmup_steps=0.05, seed=0, width=16, levels=4, size="mini", patch_size="16x16",
-    decoder_width=16, pretrained="", elastic_alpha=2.0, flip_tta=False,
+    decoder_width=16, pretrained="", elastic_alpha=2.0, flip_tta=False, merge=False,
+    tune_slices="",
 )
 VARIANTS = {
     "isbi": dict(images=str(ISBI / "image"), labels=str(ISBI / "label")),
@@ -104,5 +110,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "min_seed_sizes": (8, 32, 128),
       "smoothings": (0.0, 1.0, 2.0),
       "seed_erosions": (0.0, 2.0, 4.0),
+      "merge_thresholds": (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7) if args.merge else (0.0,),
+      "tune_slices": args.tune_slices,
   })
   return config

@@ -169,10 +169,11 @@ def _train_em(argv: list[str]) -> None:
   parser = _parser(
       "train-em", "Labeled serial-section EM slices -> an EM boundary model folder for "
       "`segment-em --model`: a 2-D U-Net or UNETR (configs/em2d_boundary.py) predicts "
-      "membranes, a per-slice watershed tuned on the training slices turns them into cells; "
-      "the validation slices are scored (adapted Rand error, VOI). Calling it again resumes.",
+      "membranes, a per-slice watershed tuned on the tuning slices (default: the training "
+      "slices) turns them into cells; the validation slices are scored (adapted Rand error, "
+      "VOI). Calling it again resumes.",
       "neuroseg-jax train-em --data ../shared/data/isbi2012/train --out models/isbi "
-      "--train-slices 0-14 --val-slices 15-19")
+      "--tune-slices 12-14 --val-slices 15-19 --merge")
   parser.add_argument("--data", default=None, help=(
       "folder holding image/ and label/ (slice folders) or image.tif / image.h5 / image.zarr "
       "and label.* stacks; labels are membrane maps (0 = membrane) or instance ids"))
@@ -189,7 +190,14 @@ def _train_em(argv: list[str]) -> None:
   parser.add_argument("--steps", type=int, default=400, help="training steps")
   parser.add_argument("--train-slices", default="",
                       help="z-slices to train on, like 0-14 or 0-4+10-12 (default: every "
-                      "slice not in --val-slices)")
+                      "slice not in --val-slices or --tune-slices)")
+  parser.add_argument("--tune-slices", default="",
+                      help="labeled z-slices left out of training that the post-processing is "
+                      "tuned on, like 12-14 (default: the training slices, on which the "
+                      "network's maps are cleaner than on new data)")
+  parser.add_argument("--merge", action="store_true",
+                      help="also agglomerate the watershed's fragments (waterz, median boundary "
+                      "along shared edges), the merge threshold tuned with the rest")
   parser.add_argument("--val-slices", default="",
                       help="z-slices held out and scored (adapted Rand error, VOI), like 15-19 "
                       "(default: none)")
@@ -210,7 +218,7 @@ def _train_em(argv: list[str]) -> None:
         images, labels, args.out, args.model, args.pretrained or "", args.steps,
         args.train_slices, args.val_slices, args.labels_kind, args.overwrite,
         " ".join(["neuroseg-jax train-em", *argv]), args.scale, args.key or "",
-        args.labels_key or "")
+        args.labels_key or "", args.tune_slices, args.merge)
     for name, value in scores.items():
       print(f"{name}: {value}")
     print(f"model written to {args.out}")

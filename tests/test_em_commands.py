@@ -74,17 +74,21 @@ def _fails(capsys, argv, *fragments) -> str:
 def test_train_em_then_segment_em(membrane_data, tmp_path, capsys):
   model_dir = tmp_path / "model"
   cli.main(["train-em", "--data", str(membrane_data), "--out", str(model_dir), "--scale", "smoke",
-            "--steps", "2", "--train-slices", "0-2", "--val-slices", "3"])
+            "--steps", "2", "--train-slices", "0-1", "--tune-slices", "2", "--val-slices", "3",
+            "--merge"])
   printed = capsys.readouterr().out
   assert "val_arand" in printed and f"model written to {model_dir}" in printed
   spec = json.loads((model_dir / "model.json").read_text())
   assert spec["kind"] == "em_slice_boundary" and spec["architecture"]["name"] == "unet"
   assert spec["window"] == [32, 32] and spec["voxel_size"] is None
-  assert set(spec["watershed"]) == {"seed_threshold", "min_seed_size", "smoothing", "seed_erosion"}
-  assert spec["scores"]["train_slices"] == "0-2" and spec["scores"]["val_slices"] == "3"
+  assert set(spec["watershed"]) == {"seed_threshold", "min_seed_size", "smoothing", "seed_erosion",
+                                    "merge_threshold"}
+  assert spec["scores"]["train_slices"] == "0-1" and spec["scores"]["val_slices"] == "3"
+  assert spec["scores"]["tune_slices"] == "2"
   assert 0.0 <= spec["scores"]["val_arand"] <= 1.0
   card = (model_dir / "MODEL_CARD.md").read_text()
-  for fragment in (str(membrane_data / "image"), "training slices 0-2", "Intended use",
+  for fragment in (str(membrane_data / "image"), "training slices 0-1", "tuned on slices 2",
+                   "Intended use",
                    "Hardware", "neuroseg-jax train-em", "val_voi_merge"):
     assert fragment in card, fragment
 
@@ -142,6 +146,15 @@ def test_train_em_without_image_folder(capsys, tmp_path):
   _fails(capsys, ["train-em", "--data", str(tmp_path), "--out", str(tmp_path / "model")],
          str(tmp_path), "no image volume", "image/")
   assert not (tmp_path / "model").exists()
+
+
+def test_train_em_tuning_slices_may_not_overlap(capsys, membrane_data, tmp_path):
+  base = ["train-em", "--data", str(membrane_data), "--out", str(tmp_path / "m"), "--scale",
+          "smoke", "--steps", "1"]
+  _fails(capsys, base + ["--tune-slices", "3", "--val-slices", "3"], "--tune-slices 3",
+         "overlaps --val-slices 3")
+  _fails(capsys, base + ["--train-slices", "0-2", "--tune-slices", "2"], "--tune-slices 2",
+         "overlaps --train-slices 0-2")
 
 
 def test_train_em_bad_pretrained_is_one_line(capsys, membrane_data, tmp_path):

@@ -8,9 +8,10 @@ the first found, or `--images` / `--labels` paths. The run uses
 `pretrain-em` run) in `MODEL_DIR/run/` (resumable: calling the command again
 continues it). The training run itself evaluates nothing (its config has no
 validation slices, so changing `--val-slices` does not start a new run); afterwards
-the model as stored (float16 weights) predicts the training slices, the per-slice
+the model as stored (float16 weights) predicts the tuning slices (`--tune-slices`,
+labeled slices left out of training; default: the training slices), the per-slice
 watershed is tuned on them (`slice_segmentation.tune_watershed` over the config's
-grid), the validation slices are scored with those parameters (mean adapted Rand
+grid; `--merge` adds the agglomeration of fragments to it), the validation slices are scored with those parameters (mean adapted Rand
 error, VOI split / merge), and the model folder is written (`em_predictor.py`
 describes model.json) with a model card.
 """
@@ -116,9 +117,10 @@ def check_pretrained_vit(pretrained: str, config: ml_collections.ConfigDict, sca
 
 def recipe_config(images: str, labels: str, model: str = "unet", pretrained: str = "",
                   train_slices: str = "0-14", num_steps: int = 400, labels_kind: str = "auto",
-                  scale: str = "full", key: str = "", labels_key: str = ""
+                  scale: str = "full", key: str = "", labels_key: str = "", merge: bool = False
                   ) -> ml_collections.ConfigDict:
-  """configs/em2d_boundary.py for these data and settings, without validation slices."""
+  """configs/em2d_boundary.py for these data and settings, without validation slices
+  (`merge`: its grid also tunes the agglomeration of fragments)."""
   if model not in MODELS:
     raise ConfigError(f"unknown --model {model!r}; valid choices: {', '.join(MODELS)}")
   if scale not in SCALES:
@@ -137,7 +139,7 @@ def recipe_config(images: str, labels: str, model: str = "unet", pretrained: str
   if not CONFIG.is_file():
     raise DataError(CONFIG, "config not found; run from a source checkout installed with "
                     "`pip install -e .`")
-  variants = ",".join(v for v in (SCALES[scale], model) if v)
+  variants = ",".join(v for v in (SCALES[scale], model, "merge" if merge else "") if v)
   config = config_loading.load_config(f"{CONFIG}:isbi,{variants},num_steps={num_steps}")
   # Paths and slices are set on the config, not in the argument string (commas, "=").
   config.data.images, config.data.key = os.path.abspath(images), key
@@ -191,8 +193,10 @@ def _card(config, task, scale: str, params, voxel_size, scores: dict, seconds: f
            f"- Command: `{command}`", f"- Hardware: {runtime.hardware_description()}.",
            f"- Training wall time: {seconds / 60:.1f} min (the logged steps, compilation "
            "included; `run/metrics.jsonl`).",
-           f"- Watershed (tuned on the training slices): seed threshold {params.seed_threshold}, "
-           f"min seed size {params.min_seed_size} px, smoothing {params.smoothing} px.",
+           f"- Watershed (tuned on slices {scores['tune_slices']}): seed threshold "
+           f"{params.seed_threshold}, min seed size {params.min_seed_size} px, smoothing "
+           f"{params.smoothing} px, seed erosion {params.seed_erosion} px, merge threshold "
+           f"{params.merge_threshold} (0 = no merging).",
            f"- Intended use: {INTENDED_USE}", "",
            "## Scores (per slice, then averaged; membrane pixels ignored; lower is better)", ""]
   lines += [f"- {name}: {value}" for name, value in scores.items()]
@@ -209,21 +213,27 @@ def train_em(images: str, labels: str, out: str, model: str = "unet", pretrained
              num_steps: int = 400, train_slices: str = "", val_slices: str = "",
              labels_kind: str = "auto", overwrite: bool = False,
              command: str = "neuroseg-jax train-em", scale: str = "full", key: str = "",
-             labels_key: str = "") -> dict:
-  """Trains on the labeled slices (default: every slice not in `val_slices`), writes the
-  model folder `out`; returns its scores."""
+             labels_key: str = "", tune_slices: str = "", merge: bool = False) -> dict:
+  """Trains on the labeled slices (default: every slice not in `val_slices` or
+  `tune_slices`), tunes the post-processing on `tune_slices` (default: the training
+  slices), writes the model folder `out`; returns its scores."""
   depth = em_volumes.open_volume(images, key or None).shape[0]
   val_index = em_slices.parse_slices(val_slices, depth, "--val-slices") if val_slices else []
+  tune_index = em_slices.parse_slices(tune_slices, depth, "--tune-slices") if tune_slices else []
+  if set(tune_index) & set(val_index):
+    raise ConfigError(f"--tune-slices {tune_slices} overlaps --val-slices {val_slices}")
   if not train_slices:
-    rest = sorted(set(range(depth)) - set(val_index))
+    rest = sorted(set(range(depth)) - set(val_index) - set(tune_index))
     if not rest:
-      raise ConfigError(f"--val-slices {val_slices} leaves no slice of {depth} to train on")
+      raise ConfigError(f"--val-slices and --tune-slices leave no slice of {depth} to train on")
     train_slices = slices_text(rest)
   train_index = em_slices.parse_slices(train_slices, depth, "--train-slices")
-  if set(train_index) & set(val_index):
-    raise ConfigError(f"--val-slices {val_slices} overlaps --train-slices {train_slices}")
+  for name, other, text in (("--val-slices", val_index, val_slices),
+                            ("--tune-slices", tune_index, tune_slices)):
+    if set(train_index) & set(other):
+      raise ConfigError(f"{name} {text} overlaps --train-slices {train_slices}")
   config = recipe_config(images, labels, model, pretrained, train_slices, num_steps,
-                         labels_kind, scale, key, labels_key)
+                         labels_kind, scale, key, labels_key, merge)
   task = tasks.build(config)
   run_dir = os.path.join(out, "run")
   try:
@@ -237,13 +247,16 @@ def train_em(images: str, labels: str, out: str, model: str = "unet", pretrained
   voxel_size = em_volumes.read_voxel_size(config.data.images, key or None)
   draft = em_predictor.EMBoundaryModel(model_folder.ModelFolder(
       _spec(config, slice_segmentation.WatershedParams(), voxel_size, {}), variables), out)
-  cfg = config.eval
-  grid = slice_segmentation.WatershedGrid(seed_threshold=tuple(cfg.seed_thresholds),
-                                          min_seed_size=tuple(cfg.min_seed_sizes),
-                                          smoothing=tuple(cfg.smoothings), seed_erosion=tuple(cfg.seed_erosions))
-  train_boundary = draft.boundary(task.train_images, task.stats)
-  params, table = slice_segmentation.tune_watershed(train_boundary, task.train_labels, grid)
-  scores = {"train_slices": train_slices, "train_arand": round(table[params], 4)}
+  grid = em_slices.watershed_grid(config.eval)
+  if tune_index:
+    tune_images = em_slices.read_slices(task.images, tune_index)
+    tune_labels = em_slices.read_slices(task.labels, tune_index)
+  else:
+    tune_images, tune_labels = task.train_images, task.train_labels
+  params, table = slice_segmentation.tune_watershed(draft.boundary(tune_images, task.stats),
+                                                    tune_labels, grid)
+  scores = {"train_slices": train_slices, "tune_slices": tune_slices or train_slices,
+            "tune_arand": round(table[params], 4)}
   if val_index:
     val_boundary = draft.boundary(em_slices.read_slices(task.images, val_index), task.stats)
     val_scores = slice_segmentation.mean_scores(slice_segmentation.slice_scores(

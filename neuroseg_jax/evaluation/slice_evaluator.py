@@ -4,11 +4,13 @@
   1. sliding-window boundary probabilities for the training and validation slices
      (`sliding_window_predict`, windows [1, h, w], Gaussian blending, reflect padding,
      optional 4-flip test-time augmentation);
-  2. the watershed parameters of lowest mean adapted Rand error on the training
-     slices (`slice_segmentation.tune_watershed`);
+  2. the watershed parameters of lowest mean adapted Rand error on the tuning slices
+     (`slice_segmentation.tune_watershed`): the training slices, or labeled slices
+     held out from training (eval.tune_slices), on which the network's maps look as
+     on new data;
   3. per-slice adapted Rand error and VOI split / merge on the validation slices with
      those parameters: val/arand, val/voi_split, val/voi_merge (means over slices).
-Also reported, never used for model selection: train/arand (the training slices at
+Also reported, never used for model selection: train/arand (the tuning slices at
 the chosen parameters) and val/arand_oracle (parameters tuned on the validation
 slices themselves: how much a better choice of post-processing could still give).
 A JSON file with the chosen parameters and per-slice scores is written for the
@@ -49,20 +51,20 @@ class InferenceSettings:
 class SliceEvaluator:
   """See module doc. images, labels: [D, H, W] volumes; *_index: z-slices."""
 
-  def __init__(self, images, labels, train_index: Sequence[int], val_index: Sequence[int],
+  def __init__(self, images, labels, tune_index: Sequence[int], val_index: Sequence[int],
                inference: InferenceSettings, grid: slices.WatershedGrid, json_path: str):
     self.images, self.labels = images, labels
-    self.train_index, self.val_index = list(train_index), list(val_index)
+    self.tune_index, self.val_index = list(tune_index), list(val_index)
     self.inference, self.grid, self.json_path = inference, grid, json_path
 
   def _stack(self, volume, index) -> np.ndarray:
     return np.stack([np.asarray(volume[z]) for z in index])
 
   def run(self, predict_fn) -> Iterable[tuple[str, float]]:
-    index = self.train_index + self.val_index
+    index = self.tune_index + self.val_index
     boundary = self.inference.predict(predict_fn, self._stack(self.images, index))
     gt = self._stack(self.labels, index)
-    n = len(self.train_index)
+    n = len(self.tune_index)
     params, table = slices.tune_watershed(boundary[:n], gt[:n], self.grid)
     scores = slices.slice_scores(gt[n:], slices.watershed_slices(boundary[n:], params))
     oracle, oracle_table = slices.tune_watershed(boundary[n:], gt[n:], self.grid)
@@ -70,6 +72,7 @@ class SliceEvaluator:
     with atomic_files.atomic_write(self.json_path, "w") as file:
       json.dump({
           "watershed": dataclasses.asdict(params), "train_arand": table[params],
+          "tune_slices": self.tune_index,
           "val_slices": self.val_index, "val": {k: v.tolist() for k, v in scores.items()},
           "val_mean": means, "val_arand_oracle": oracle_table[oracle],
           "oracle_watershed": dataclasses.asdict(oracle)}, file, indent=1)
@@ -80,3 +83,4 @@ class SliceEvaluator:
     yield "val/seed_threshold", params.seed_threshold
     yield "val/min_seed_size", float(params.min_seed_size)
     yield "val/smoothing", params.smoothing
+    yield "val/merge_threshold", params.merge_threshold

@@ -180,13 +180,30 @@ class EMSliceBoundary(Task):
     if not self.val_index:
       return []
     cfg = self.config.eval
-    grid = slice_segmentation.WatershedGrid(
-        seed_threshold=tuple(cfg.seed_thresholds), min_seed_size=tuple(cfg.min_seed_sizes),
-        smoothing=tuple(cfg.smoothings), seed_erosion=tuple(cfg.seed_erosions))
     return [slice_evaluator.SliceEvaluator(
-        self.images, self.labels, self.train_index, self.val_index,
+        self.images, self.labels, self.tune_index(), self.val_index,
         slice_evaluator.InferenceSettings(window=self.crop, stride=tuple(cfg.stride) or
                                           tuple(c // 2 for c in self.crop),
                                           padding=tuple(cfg.padding),
                                           batch_size=cfg.batch_size, flips=cfg.flip_tta),
-        grid, os.path.join(workdir, "slice_evaluation.json"))]
+        watershed_grid(cfg), os.path.join(workdir, "slice_evaluation.json"))]
+
+  def tune_index(self) -> list[int]:
+    """The slices the post-processing is tuned on: eval.tune_slices, else the training ones."""
+    text = self.config.eval.get("tune_slices", "")
+    if not text:
+      return self.train_index
+    index = parse_slices(text, self.images.shape[0], "eval.tune_slices")
+    if set(index) & set(self.val_index):
+      raise ConfigError(f"eval.tune_slices: {text} overlaps the validation slices "
+                        f"{self.config.data.val_slices}")
+    return index
+
+
+def watershed_grid(eval_config) -> slice_segmentation.WatershedGrid:
+  """The post-processing grid of an em2d config's `eval` group."""
+  return slice_segmentation.WatershedGrid(
+      seed_threshold=tuple(eval_config.seed_thresholds),
+      min_seed_size=tuple(eval_config.min_seed_sizes),
+      smoothing=tuple(eval_config.smoothings), seed_erosion=tuple(eval_config.seed_erosions),
+      merge_threshold=tuple(eval_config.get("merge_thresholds", (0.0,))))
