@@ -110,7 +110,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "min_seed_sizes": (8, 32, 128),
       "smoothings": (0.0, 1.0, 2.0),
       "seed_erosions": (0.0, 2.0, 4.0),
-      "merge_thresholds": (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7) if args.merge else (0.0,),
+      "merge_thresholds": (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8) if args.merge else (0.0,),
       "tune_slices": args.tune_slices,
   })
   return config

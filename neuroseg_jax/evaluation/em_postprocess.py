@@ -67,7 +67,7 @@ def connected_components(mask: np.ndarray, connectivity: int = 26, min_size: int
 
 
 @contextlib.contextmanager
-def silenced_stdout():
+def _silenced_stdout():
   """Silences waterz's progress prints (Python's and C++'s, file descriptor 1) in the block."""
   sys.stdout.flush()
   saved = os.dup(1)
@@ -105,7 +105,7 @@ def waterz_segmentations(affinities: np.ndarray, thresholds: Sequence[float], *,
                                aff_threshold_high=fragment_high,
                                scoring_function=scoring_function)
   for threshold in thresholds:
-    with silenced_stdout():
+    with _silenced_stdout():
       labels = next(results)
     # waterz reuses one buffer for all thresholds: copy while relabelling.
     yield threshold, relabel_sequential(remove_small_instances(labels, min_size))

@@ -8,12 +8,13 @@ Euclidean distance to the mask's outside exceeds it: a thin bridge through a gap
 a faint membrane breaks, so two cells do not share one seed), seeds are its
 4-connected components with at least `min_seed_size` px, and the watershed floods
 every pixel of the slice from them (membranes included; they are ignored when
-scoring). With `merge_threshold` > 0 these fragments are then agglomerated
-(waterz, `merge_fragments`): neighbours merge, lowest score first, while the score
-of their shared edge, the median of the smoothed boundary map along it, is below
-the threshold; many small seeds plus merging by edge strength splits cells less
-than a seed threshold alone. Linking z is left out on purpose: on ISBI 2012
-z-links through misaligned sections merged cells (issue 15).
+scoring). With `merge_threshold` > 0 the slice is agglomerated instead
+(`agglomerate`): waterz cuts the smoothed map into fine fragments and merges
+neighbours, lowest score first, while the score of their shared edge, the median
+boundary along it, is below the threshold (the seed fields are then unused and
+tuned as 0); pixels left unassigned join the nearest region by a watershed of the
+map. Linking z is left out on purpose: on ISBI 2012 z-links through misaligned
+sections merged cells (issue 15).
 
 Scores are per slice and then averaged, as in the ISBI 2012 challenge: the ground
 truth is the 4-connected components of the cell interior, membrane (label 0) is
@@ -32,13 +33,12 @@ from typing import Iterable, Iterator, Sequence
 import cc3d
 import numpy as np
 import skimage.segmentation
-import waterz
 from scipy import ndimage
 
 from neuroseg_jax.errors import DataError
 from neuroseg_jax.evaluation import em_metrics
-from neuroseg_jax.evaluation.em_postprocess import (WATERZ_MEDIAN_SCORE, relabel_sequential,
-                                                    remove_small_instances, silenced_stdout)
+from neuroseg_jax.evaluation.em_postprocess import (relabel_sequential, remove_small_instances,
+                                                    waterz_segmentations)
 
 SCORE_NAMES = ("arand", "voi_split", "voi_merge")
 
@@ -49,7 +49,7 @@ class WatershedParams:
   min_seed_size: int = 16      # px; smaller seeds are dropped
   smoothing: float = 1.0       # Gaussian sigma (px) applied to the boundary map first
   seed_erosion: float = 0.0    # px; the seed mask keeps points farther than this from its edge
-  merge_threshold: float = 0.0  # fragments merge while their edge's median boundary is below
+  merge_threshold: float = 0.0  # > 0: agglomerate while an edge's median boundary is below
 
 
 @dataclasses.dataclass(frozen=True)
@@ -59,13 +59,17 @@ class WatershedGrid:
   min_seed_size: Sequence[int] = (4, 16, 64)
   smoothing: Sequence[float] = (0.0, 1.0, 2.0)
   seed_erosion: Sequence[float] = (0.0, 2.0, 4.0)
-  merge_threshold: Sequence[float] = (0.0,)
+  merge_threshold: Sequence[float] = (0.0,)  # 0 = the seeded watershed; > 0 agglomeration
 
   def __iter__(self) -> Iterable[WatershedParams]:
-    for s, t, e, m, g in itertools.product(self.smoothing, self.seed_threshold,
-                                           self.seed_erosion, self.min_seed_size,
-                                           self.merge_threshold):
-      yield WatershedParams(t, m, s, e, g)
+    """Every seeded-watershed combination (if 0 is a merge threshold), then every
+    (smoothing, merge threshold > 0) with the seed fields 0."""
+    if 0 in self.merge_threshold:
+      for s, t, e, m in itertools.product(self.smoothing, self.seed_threshold,
+                                          self.seed_erosion, self.min_seed_size):
+        yield WatershedParams(t, m, s, e)
+    for s, g in itertools.product(self.smoothing, [g for g in self.merge_threshold if g > 0]):
+      yield WatershedParams(0.0, 0, s, 0.0, g)
 
 
 def _check_stack(array, what: str) -> np.ndarray:
@@ -101,28 +105,20 @@ def smooth(boundary_slice: np.ndarray, sigma: float) -> np.ndarray:
   return ndimage.gaussian_filter(boundary_slice, sigma) if sigma > 0 else boundary_slice
 
 
-def merge_fragments(elevation: np.ndarray, fragments: np.ndarray,
-                    thresholds: Sequence[float]) -> Iterator[tuple[float, np.ndarray]]:
-  """Agglomerates one slice's fragments [H, W] (ids > 0, every pixel labeled) over the
-  smoothed boundary map [H, W] -> (threshold, [H, W] uint32) per threshold, ascending;
-  a threshold <= 0 gives the fragments unchanged."""
-  thresholds = sorted(float(t) for t in thresholds)
-  for threshold in (t for t in thresholds if t <= 0):
-    yield threshold, fragments.astype(np.uint32)
-  merging = [t for t in thresholds if t > 0]
-  if not merging:
-    return
-  boundary = np.clip(elevation, 0.0, 1.0)
-  affinities = np.zeros((3, 1, *boundary.shape), np.float32)  # [z, y, x] edges to the previous px
-  affinities[1, 0, 1:] = 1.0 - np.maximum(boundary[1:], boundary[:-1])
-  affinities[2, 0, :, 1:] = 1.0 - np.maximum(boundary[:, 1:], boundary[:, :-1])
-  results = waterz.agglomerate(affinities, merging,
-                               fragments=fragments[None].astype(np.uint64),
-                               scoring_function=WATERZ_MEDIAN_SCORE)
-  for threshold in merging:
-    with silenced_stdout():
-      labels = next(results)
-    yield threshold, relabel_sequential(labels[0])  # waterz reuses its buffer: copied here
+def agglomerate(elevation: np.ndarray, thresholds: Sequence[float]
+                ) -> Iterator[tuple[float, np.ndarray]]:
+  """One smoothed boundary slice [H, W] -> (threshold, [H, W] uint32 cells, every pixel
+  labeled) per merge threshold > 0, ascending (waterz fragments + median agglomeration)."""
+  boundary = np.clip(np.asarray(elevation, np.float32), 0.0, 1.0)
+  affinities = np.zeros((1, *boundary.shape, 3), np.float32)  # to the previous z, y, x pixel
+  affinities[0, 1:, :, 1] = 1.0 - np.maximum(boundary[1:], boundary[:-1])
+  affinities[0, :, 1:, 2] = 1.0 - np.maximum(boundary[:, 1:], boundary[:, :-1])
+  for threshold, labels in waterz_segmentations(affinities, thresholds):
+    if labels.max() == 0:
+      yield threshold, np.ones(boundary.shape, np.uint32)
+    else:
+      yield threshold, skimage.segmentation.watershed(boundary, markers=labels[0]).astype(
+          np.uint32)
 
 
 def watershed_slices(boundary, params: WatershedParams = WatershedParams()) -> np.ndarray:
@@ -133,10 +129,11 @@ def watershed_slices(boundary, params: WatershedParams = WatershedParams()) -> n
   offset = 0
   for z in range(boundary.shape[0]):
     elevation = smooth(boundary[z], params.smoothing)
-    seed_mask = seed_distance(elevation, params.seed_threshold) > params.seed_erosion
-    labels = watershed_from_seed_mask(elevation, seed_mask, params.min_seed_size)
     if params.merge_threshold > 0:
-      labels = next(merge_fragments(elevation, labels, [params.merge_threshold]))[1]
+      labels = next(agglomerate(elevation, [params.merge_threshold]))[1]
+    else:
+      seed_mask = seed_distance(elevation, params.seed_threshold) > params.seed_erosion
+      labels = watershed_from_seed_mask(elevation, seed_mask, params.min_seed_size)
     out[z] = labels + np.uint32(offset)
     offset += int(labels.max())
   return out
@@ -173,12 +170,14 @@ def tune_watershed(boundary, gt, grid: WatershedGrid = WatershedGrid()
   for sigma in grid.smoothing:
     for z in range(boundary.shape[0]):
       elevation = smooth(boundary[z], sigma)
-      for threshold in grid.seed_threshold:
+      for threshold in grid.seed_threshold if 0 in grid.merge_threshold else ():
         distance = seed_distance(elevation, threshold)
         for erosion, min_seed in itertools.product(grid.seed_erosion, grid.min_seed_size):
-          fragments = watershed_from_seed_mask(elevation, distance > erosion, min_seed)
-          for merge, seg in merge_fragments(elevation, fragments, grid.merge_threshold):
-            results.setdefault(WatershedParams(threshold, min_seed, sigma, erosion, merge),
-                               []).append(em_metrics.adapted_rand(gt[z], seg)["arand"])
+          seg = watershed_from_seed_mask(elevation, distance > erosion, min_seed)
+          results.setdefault(WatershedParams(threshold, min_seed, sigma, erosion), []).append(
+              em_metrics.adapted_rand(gt[z], seg)["arand"])
+      for merge, seg in agglomerate(elevation, [t for t in grid.merge_threshold if t > 0]):
+        results.setdefault(WatershedParams(0.0, 0, sigma, 0.0, merge), []).append(
+            em_metrics.adapted_rand(gt[z], seg)["arand"])
   means = {params: float(np.mean(values)) for params, values in results.items()}
   return min(means, key=means.get), means
