@@ -13,7 +13,8 @@ Every point shares the config's seed, data, steps and batch size. Per ratio the
 table records the validation masked reconstruction loss (norm-pix or plain, as
 configured), the same loss of predicting the mean target (the baseline a model
 must beat), their quotient, the last logged training loss, the wall time and the
-CPU time of the pre-training.
+CPU time of this call (small for a run reused from an earlier call) and the wall
+time of the training steps from the run's metrics (the same whether reused or not).
 With --finetune the given UNETR fine-tuning config is run once from scratch and
 once per ratio with `pretrained=<that ratio's workdir>` (its ViT size, patch and
 class token must match the MAE's), and its final val/* scores are added.
@@ -80,6 +81,7 @@ def run_ratio(args, ratio: float) -> dict:
          "val_loss_over_baseline": val["val/loss_over_baseline"],
          "final_train_loss": last_values(records, "train/loss")["train/loss"],
          "seconds": round(seconds, 1), "cpu_seconds": round(cpu_seconds, 1),
+         "train_seconds": round(loop.training_seconds(workdir), 1),
          "workdir": workdir}
   if args.finetune:
     row.update(finetune_scores(args.finetune, workdir, os.path.join(workdir, "finetune")))
