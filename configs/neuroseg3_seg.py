@@ -105,10 +105,12 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   # towards 0 and stalls learning (see losses/yolo_seg_loss.py and RESULTS.md, "NeuroSeg-III
   # network"); 1e-30 keeps the normalisation well defined. mask_window: the mask term is
   # evaluated on 16 x 16 prototype-cell crops around each box (64 px at stride 4), the
-  # same loss as on the full map (which it falls back to for larger boxes), 0 = full map.
+  # same loss as on the full map (which it falls back to for larger boxes or instances with
+  # more than mask_slots positives), 0 = full map.
   config.loss = ml_collections.ConfigDict({"box_gain": 7.5, "cls_gain": 0.5, "dfl_gain": 1.5,
                                            "topk": 10, "alpha": 0.5, "beta": 6.0,
-                                           "assigner_eps": 1e-30, "mask_window": 16})
+                                           "assigner_eps": 1e-30, "mask_window": 16,
+                                           "mask_slots": 24})
   # eval.image_size: letterbox size at evaluation (0: data.image_size); lets a network
   # trained on crops segment whole fields of view.
   config.eval = ml_collections.ConfigDict({"batch_size": 2 if args.smoke else 4,

@@ -23,10 +23,13 @@ among the top-k of at least one box) and evaluated on the whole prototype map:
 128 x 128 cells per image). A positive's loss only counts inside its box, and all
 positives of one instance share its box and mask, so with `mask_window` K > 0 the
 term is computed per instance on the K x K crop of the map that holds its box, for
-its (at most top-k) positives: [B, M, topk, K, K] logits. When that is not exact
-for a batch (a box larger than its crop, or an instance with more than top-k
-positives after the assigner resolved conflicts), the batch takes the full-map path
-(`lax.cond`), so the loss is the same either way; `mask_window=0` always uses it.
+its positives, in `mask_slots` slots: [B, M, mask_slots, K, K] logits. An instance
+can hold more than top-k positives (anchors in the top-k of several boxes go to the
+box they overlap most, which may not have ranked them; 14 for 120 overlapping
+neurons per 512 px image), hence mask_slots > topk. When the crops are not exact
+for a batch (a box larger than its crop, or an instance with more positives than
+slots), the batch takes the full-map path (`lax.cond`), so the loss is the same
+either way; `mask_window=0` always uses it.
 """
 
 from __future__ import annotations
@@ -62,6 +65,7 @@ class SegLossHyper:
   beta: float = 6.0
   assigner_eps: float = 1e-9
   mask_window: int = 16  # prototype cells; 0 = evaluate the mask term on the full map
+  mask_slots: int = 24   # positives per instance on the crop path (> topk: see module doc)
 
 
 def distribution_focal_loss(box_logits: jax.Array, target_ltrb: jax.Array) -> jax.Array:
@@ -253,7 +257,7 @@ def yolo_seg_loss(outputs: dict, batch: dict,
   mask_sums = _mask_loss_sums(
       foreground, assignment.target_index, batch["boxes"].astype(jnp.float32) * proto_scale,
       outputs["mask_coef"].astype(jnp.float32), protos, batch["masks"], num_slots=num_slots,
-      per_instance=hyper.topk, window=hyper.mask_window)
+      per_instance=hyper.mask_slots, window=hyper.mask_window)
   num_positives = foreground.sum()
   mask_loss = mask_sums.sum() / jnp.maximum(num_positives, 1)
 
