@@ -137,10 +137,10 @@ def _full_map_mask_loss(foreground, target_index, target_boxes, coefs, protos, g
 
 def _positives_by_instance(foreground, target_index, num_instances: int, per_instance: int):
   """[A] positives -> ([M, per_instance] anchor indices of each instance's positives,
-  [M, per_instance] bool filled, [M] count of each instance's positives)."""
+  [M, per_instance] bool filled)."""
   owned = foreground[None, :] & (target_index[None, :] == jnp.arange(num_instances)[:, None])
   filled, anchors = jax.lax.top_k(owned.astype(jnp.float32), per_instance)
-  return anchors, filled > 0, owned.sum(axis=1)
+  return anchors, filled > 0
 
 
 def _cropped_mask_loss(foreground, target_index, gt_boxes, coefs, protos, gt_masks, *,
@@ -150,8 +150,8 @@ def _cropped_mask_loss(foreground, target_index, gt_boxes, coefs, protos, gt_mas
   with positives has at most `per_instance` of them and its box fits its crop
   (`cropped_mask_loss_is_exact`). gt_boxes [M, 4] in prototype cells."""
   height, width, channels = protos.shape
-  anchors, filled, _ = _positives_by_instance(foreground, target_index, gt_masks.shape[0],
-                                              per_instance)
+  anchors, filled = _positives_by_instance(foreground, target_index, gt_masks.shape[0],
+                                           per_instance)
   origins = _window_origins(gt_boxes, window, height, width)  # [M, 2]
   crops = jax.vmap(lambda o: jax.lax.dynamic_slice(protos, (o[0], o[1], 0),
                                                    (window, window, channels)))(origins)
@@ -171,8 +171,8 @@ def cropped_mask_loss_is_exact(foreground, target_index, gt_boxes, *, per_instan
                                window: int, height: int, width: int) -> jax.Array:
   """Scalar bool for a batch ([B, A] positives, [B, M, 4] boxes in cells): every instance
   with positives has at most `per_instance` and its box fits its crop."""
-  counts = jax.vmap(lambda f, t: _positives_by_instance(f, t, gt_boxes.shape[1], 1)[2])(
-      foreground, target_index)
+  counts = jax.vmap(lambda f, t: jnp.zeros(gt_boxes.shape[1], jnp.int32).at[t].add(f))(
+      foreground.astype(jnp.int32), target_index)
   fits = boxes_fit_windows(gt_boxes, window, height, width)
   return ((counts == 0) | (fits & (counts <= per_instance))).all()
 
