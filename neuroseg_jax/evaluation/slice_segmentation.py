@@ -166,6 +166,7 @@ def tune_watershed(boundary, gt, grid: WatershedGrid = WatershedGrid()
   distances computed once per threshold.
   """
   boundary, gt = _check_stack(boundary, "boundary map"), _check_stack(gt, "ground truth")
+  merges = [t for t in grid.merge_threshold if t > 0]
   results: dict[WatershedParams, list[float]] = {}
   for sigma in grid.smoothing:
     for z in range(boundary.shape[0]):
@@ -176,7 +177,7 @@ def tune_watershed(boundary, gt, grid: WatershedGrid = WatershedGrid()
           seg = watershed_from_seed_mask(elevation, distance > erosion, min_seed)
           results.setdefault(WatershedParams(threshold, min_seed, sigma, erosion), []).append(
               em_metrics.adapted_rand(gt[z], seg)["arand"])
-      for merge, seg in agglomerate(elevation, [t for t in grid.merge_threshold if t > 0]):
+      for merge, seg in agglomerate(elevation, merges) if merges else ():
         results.setdefault(WatershedParams(0.0, 0, sigma, 0.0, merge), []).append(
             em_metrics.adapted_rand(gt[z], seg)["arand"])
   means = {params: float(np.mean(values)) for params, values in results.items()}

@@ -190,7 +190,7 @@ class EMSliceBoundary(Task):
 
   def tune_index(self) -> list[int]:
     """The slices the post-processing is tuned on: eval.tune_slices, else the training ones."""
-    text = self.config.eval.get("tune_slices", "")
+    text = self.config.eval.tune_slices
     if not text:
       return self.train_index
     index = parse_slices(text, self.images.shape[0], "eval.tune_slices")
@@ -206,4 +206,4 @@ def watershed_grid(eval_config) -> slice_segmentation.WatershedGrid:
       seed_threshold=tuple(eval_config.seed_thresholds),
       min_seed_size=tuple(eval_config.min_seed_sizes),
       smoothing=tuple(eval_config.smoothings), seed_erosion=tuple(eval_config.seed_erosions),
-      merge_threshold=tuple(eval_config.get("merge_thresholds", (0.0,))))
+      merge_threshold=tuple(eval_config.merge_thresholds))
