@@ -18,6 +18,8 @@ prints the table.
 
   python experiments/abo_crossval.py --workdir /tmp/abo_cv --steps 200 --image_size 160
   python experiments/abo_crossval.py --workdir /tmp/abo_cv_eps --folds 0 --assigner_eps 1e-9
+  python experiments/abo_crossval.py --workdir /tmp/abo_authors --steps 400 \
+      --val_images 524691284_0+539670003_0   # the authors' split
 
 The training images' threshold is applied unchanged to the test images; the
 first two steps are `train_and_score`, which experiments/architecture_ablation.py reuses.
@@ -118,7 +120,7 @@ def fold_config(args, fold: int) -> ml_collections.ConfigDict:
   config = config_loading.load_config(
       f"{CONFIG}:source=abo,fold={fold},num_folds={args.num_folds},num_steps={args.steps},"
       f"batch_size={args.batch_size},image_size={args.image_size},eval_image_size={args.eval_size},"
-      f"lr={args.lr},seed={args.seed},scale={args.scale}")
+      f"lr={args.lr},seed={args.seed},scale={args.scale},val_images={args.val_images}")
   config.data.augment = crop_augment(args.image_size)
   config.eval_every = 0  # the engine's own (test-tuned) evaluation only at the end
   config.eval.batch_size = args.eval_batch_size
@@ -167,6 +169,9 @@ def parse_args(argv=None):
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--num_folds", type=int, default=5)
   parser.add_argument("--folds", default="", help="comma-separated folds to run (default all)")
+  parser.add_argument("--val_images", default="", help="one split instead of the folds: the "
+                      "validation image names joined by '+' (the authors' split: "
+                      "524691284_0+539670003_0)")
   parser.add_argument("--steps", type=int, default=200)
   parser.add_argument("--batch_size", type=int, default=8)
   parser.add_argument("--image_size", type=int, default=160, help="training crop size")
@@ -187,7 +192,10 @@ def main(argv=None) -> list[dict]:
   # Every fold compiles the same step and predict functions: reuse them from disk.
   jax.config.update("jax_compilation_cache_dir", os.path.join(args.workdir, "xla_cache"))
   devices = jax.devices()[:1]
-  folds = [int(f) for f in args.folds.split(",")] if args.folds else range(args.num_folds)
+  if args.val_images:
+    folds = [0]  # the named split (fold_config's val_images wins over the fold)
+  else:
+    folds = [int(f) for f in args.folds.split(",")] if args.folds else range(args.num_folds)
   meta = {"command": " ".join([sys.executable, *sys.argv]), "args": vars(args),
           "hardware": runtime.hardware_description()}
   rows = []

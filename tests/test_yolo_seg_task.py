@@ -8,6 +8,7 @@ figure, and restoring the finished run (what experiments/abo_crossval.py relies 
 
 import os
 import pathlib
+import types
 
 import jax
 import ml_collections
@@ -97,7 +98,7 @@ def test_finished_run_restores_instead_of_training(smoke_run):
 
 
 def _data(**fields):
-  base = {"fold": -1, "num_folds": 5, "num_val": 2, "num_train": -1}
+  base = {"fold": -1, "num_folds": 5, "num_val": 2, "num_train": -1, "val_images": ""}
   return ml_collections.ConfigDict({**base, **fields})
 
 
@@ -115,6 +116,17 @@ def test_folds_partition_the_images(count, num_folds):
   assert sizes[-1] - sizes[0] <= 1 and sum(sizes) == count
   if (count, num_folds) == (10, 5):
     assert vals[3] == ["img6", "img7"]  # folds are contiguous blocks
+
+
+def test_named_validation_images_win_over_the_fold():
+  samples = [types.SimpleNamespace(name=f"img{i}") for i in range(10)]
+  train, val = split_samples(samples, _data(fold=0, val_images="img6+img9"))
+  assert [s.name for s in val] == ["img6", "img9"]
+  assert [s.name for s in train] == [f"img{i}" for i in (0, 1, 2, 3, 4, 5, 7, 8)]
+  with pytest.raises(ValueError, match="img12"):
+    split_samples(samples, _data(val_images="img6+img12"))
+  with pytest.raises(ValueError, match="none is left"):
+    split_samples(samples, _data(val_images="+".join(s.name for s in samples)))
 
 
 def test_hold_out_keeps_the_last_images_for_validation():

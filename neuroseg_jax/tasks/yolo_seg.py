@@ -36,10 +36,22 @@ BACKBONE_TRANSFER = (("params/backbone", "params/backbone"),
 
 
 def split_samples(samples: list, data: ml_collections.ConfigDict) -> tuple[list, list]:
-  """(train, validation) samples: fold `data.fold` of `data.num_folds`, else the last
-  `data.num_val` images are validation. Training keeps its first `data.num_train`
-  images (-1: all), so smaller label budgets are subsets of larger ones."""
-  if data.fold >= 0:
+  """(train, validation) samples: the images named in `data.val_images` (names
+  joined by "+", e.g. the authors' split "524691284_0+539670003_0"), else fold
+  `data.fold` of `data.num_folds`, else the last `data.num_val` images are
+  validation. Training keeps its first `data.num_train` images (-1: all), so smaller
+  label budgets are subsets of larger ones."""
+  if data.val_images:
+    wanted = data.val_images.split("+")
+    names = [s.name for s in samples]
+    unknown = sorted(set(wanted) - set(names))
+    if unknown:
+      raise ConfigError(f"data.val_images names {', '.join(unknown)}, not among the "
+                        f"{len(names)} images ({', '.join(names)})")
+    val_ids = {names.index(name) for name in wanted}
+    if len(val_ids) == len(samples):
+      raise ConfigError("data.val_images names every image: none is left to train on")
+  elif data.fold >= 0:
     if not 0 <= data.fold < data.num_folds <= len(samples):
       raise ConfigError(f"data.fold={data.fold} needs 0 <= fold < num_folds={data.num_folds} "
                        f"<= number of images ({len(samples)})")
