@@ -43,6 +43,7 @@ from neuroseg_jax import config_loading
 from neuroseg_jax import runtime
 from neuroseg_jax import tasks
 from neuroseg_jax.evaluation import figures
+from neuroseg_jax.evaluation import flip_tta as flip_tta_lib
 from neuroseg_jax.evaluation import mask_map
 from neuroseg_jax.evaluation import neuron_evaluator
 from neuroseg_jax.evaluation import neuron_matching
@@ -76,7 +77,8 @@ def forward_ms_per_image(predict, samples: Sequence[neuron_evaluator.EvalSample]
 
 
 def train_and_score(config: ml_collections.ConfigDict, workdir: str,
-                    devices: Sequence[jax.Device], figure_dir: str | None = None) -> dict:
+                    devices: Sequence[jax.Device], figure_dir: str | None = None,
+                    flip_tta: bool = False) -> dict:
   """Trains (or restores) `config` in `workdir`, tunes the confidence threshold on its
   training images and scores its validation images at that threshold.
 
@@ -91,6 +93,8 @@ def train_and_score(config: ml_collections.ConfigDict, workdir: str,
   state = loop.train(task, workdir, devices=devices)
   train_seconds = time.time() - start
   predict = loop.make_predict_fn(task, state, mesh_lib.make_data_mesh(devices))
+  if flip_tta:
+    predict = flip_tta_lib.with_flips(predict)
   size = config.eval.image_size or config.data.image_size
   batch = config.eval.batch_size
   val_samples = [yolo_seg.eval_sample(s, size) for s in task.val_samples]
@@ -180,6 +184,8 @@ def parse_args(argv=None):
   parser.add_argument("--lr", type=float, default=2e-3, help="AdamW peak learning rate "
                       "(ultralytics' choice for short runs)")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--flip_tta", action="store_true", help="evaluate (threshold "
+                      "choice included) with test-time flips (evaluation/flip_tta.py)")
   parser.add_argument("--scale", default="s", help="model scale (s = NeuroSeg-III)")
   parser.add_argument("--assigner_eps", type=float, default=None,
                       help="override config.loss.assigner_eps (config default 1e-30)")
@@ -201,7 +207,7 @@ def main(argv=None) -> list[dict]:
   rows = []
   for fold in folds:
     result = train_and_score(fold_config(args, fold), os.path.join(args.workdir, f"fold{fold}"),
-                             devices, os.path.join(args.workdir, "figures"))
+                             devices, os.path.join(args.workdir, "figures"), args.flip_tta)
     rows.append({"fold": fold, **result, "images": ";".join(result["images"])})
     print(f"fold {fold}: threshold {result['threshold']:.2f} (train F1 {result['train_f1']:.3f})"
           f" -> test P {result['precision']:.3f} R {result['recall']:.3f} "
