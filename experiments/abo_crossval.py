@@ -168,8 +168,9 @@ def print_table(rows: list[dict]) -> None:
           f"{fmt('oracle_f1', 8)}")
 
 
-def parse_args(argv=None):
-  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+def build_parser(description: str = __doc__.split("\n")[0]) -> argparse.ArgumentParser:
+  """The arguments of a split (or of the folds): data, recipe and evaluation."""
+  parser = argparse.ArgumentParser(description=description)
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--num_folds", type=int, default=5)
   parser.add_argument("--folds", default="", help="comma-separated folds to run (default all)")
@@ -189,7 +190,11 @@ def parse_args(argv=None):
   parser.add_argument("--scale", default="s", help="model scale (s = NeuroSeg-III)")
   parser.add_argument("--assigner_eps", type=float, default=None,
                       help="override config.loss.assigner_eps (config default 1e-30)")
-  return parser.parse_args(argv)
+  return parser
+
+
+def parse_args(argv=None):
+  return build_parser().parse_args(argv)
 
 
 def main(argv=None) -> list[dict]:

@@ -86,6 +86,8 @@ def _segment(argv: list[str]) -> None:
   parser.add_argument("--nwb", action="store_true", help="also write NAME.nwb (movies)")
   parser.add_argument("--frame-rate", type=float, default=30.0, help="frames per second")
   parser.add_argument("--dataset", default=None, help="HDF5 dataset of the movie (default mov)")
+  parser.add_argument("--tta", action="store_true", help="test-time augmentation: average "
+                      "the network over the four flips of each image (4x the network time)")
   args = parser.parse_args(argv)
 
   def job():
@@ -96,7 +98,8 @@ def _segment(argv: list[str]) -> None:
       path, truth = segment.simulated_recording(args.out)
       inputs = [path]
     results = segment.segment(inputs, args.out, args.model, args.projection,
-                              not args.no_motion, args.nwb, args.frame_rate, args.dataset)
+                              not args.no_motion, args.nwb, args.frame_rate, args.dataset,
+                              tta=args.tta)
     for result in results:
       print(f"{result.name}: {result.neurons} neurons -> {', '.join(result.files)}")
     if truth is not None:
@@ -152,11 +155,13 @@ def _evaluate(argv: list[str]) -> None:
   parser.add_argument("--model", default="builtin", help="'builtin' or a model folder")
   parser.add_argument("--data", required=True, help="labeled folder (YOLO layout)")
   parser.add_argument("--out", required=True, help="output folder")
+  parser.add_argument("--tta", action="store_true", help="test-time augmentation: average "
+                      "the network over the four flips of each image (4x the network time)")
   args = parser.parse_args(argv)
 
   def job():
     from neuroseg_jax.commands import evaluate  # pylint: disable=g-import-not-at-top
-    for score in evaluate.evaluate(args.model, args.data, args.out):
+    for score in evaluate.evaluate(args.model, args.data, args.out, args.tta):
       row = score.row()
       print(f"{row['image']:>14}  P {row['precision']:.3f}  R {row['recall']:.3f}  "
             f"F1 {row['f1']:.3f}  mean IoU {row['mean_matched_iou']}")

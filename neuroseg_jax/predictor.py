@@ -25,6 +25,7 @@ import numpy as np
 from neuroseg_jax import model_folder
 from neuroseg_jax.data import summary_images
 from neuroseg_jax.errors import DataError
+from neuroseg_jax.evaluation import flip_tta
 from neuroseg_jax.evaluation import tiled_inference
 from neuroseg_jax.evaluation import yolo_postprocess as post
 from neuroseg_jax.models import yolo_seg
@@ -53,6 +54,8 @@ class NeuronModel:
     self.tile_size = int(self.spec["input"]["tile_size"])
     self.overlap = int(self.spec["input"]["overlap"])
     self.conf_threshold = float(self.spec["conf_threshold"])
+    # Averaging four flips changes the score scale; older folders have one threshold.
+    self.tta_conf_threshold = float(self.spec.get("tta_conf_threshold", self.conf_threshold))
     self.settings = post.PostprocessSettings(**{**self.spec.get("postprocess", {}),
                                                 "conf_threshold": LOW_CONFIDENCE})
     apply = _compiled_network(json.dumps(self.spec["architecture"], sort_keys=True))
@@ -71,25 +74,30 @@ class NeuronModel:
       raise DataError("image", f"the model needs summary images {missing}, got {sorted(image)}")
     return summary_images.stack_channels(image, self.channels, self.normalization)
 
-  def detect(self, network_image: np.ndarray, batch_size: int = 4) -> post.Instances:
-    """[H, W, C] network input -> every detection above a low confidence, by score."""
+  def detect(self, network_image: np.ndarray, batch_size: int = 4,
+             tta: bool = False) -> post.Instances:
+    """[H, W, C] network input -> every detection above a low confidence, by score;
+    `tta` averages the network over the four flips of each tile (`flip_tta`)."""
     height, width = network_image.shape[:2]
     # A field smaller than a tile runs as one input just large enough (a multiple of 32).
     tile = min(self.tile_size, -(-max(height, width) // STRIDE) * STRIDE)
     tiles = (len(tiled_inference.tile_origins(height, tile, self.overlap)) *
              len(tiled_inference.tile_origins(width, tile, self.overlap)))
-    return tiled_inference.segment_field(network_image, self._predict, tile,
+    predict = flip_tta.with_flips(self._predict) if tta else self._predict
+    return tiled_inference.segment_field(network_image, predict, tile,
                                          min(self.overlap, tile // 2), self.settings,
                                          min(batch_size, tiles))
 
-  def predict(self, images: Sequence[np.ndarray | dict],
-              conf_threshold: float | None = None) -> list[post.Instances]:
-    """Instances (masks [N, H, W] bool, scores [N]) of each image, at the model's threshold."""
-    threshold = self.conf_threshold if conf_threshold is None else conf_threshold
+  def predict(self, images: Sequence[np.ndarray | dict], conf_threshold: float | None = None,
+              tta: bool = False) -> list[post.Instances]:
+    """Instances (masks [N, H, W] bool, scores [N]) of each image, at the model's threshold
+    (with `tta`, the threshold chosen for flip-averaged scores where the folder has one)."""
+    if conf_threshold is None:
+      conf_threshold = self.tta_conf_threshold if tta else self.conf_threshold
     found = []
     for image in images:
-      instances = self.detect(self.network_input(image))
-      found.append(instances.select(instances.scores >= threshold))
+      instances = self.detect(self.network_input(image), tta=tta)
+      found.append(instances.select(instances.scores >= conf_threshold))
     return found
 
 

@@ -32,7 +32,8 @@ def _mirrored_outputs(outputs, rows, cols):
     parts = []
     for start, height, width in levels:
       grid = value[:, start:start + height * width].reshape(len(value), height, width, -1)
-      parts.append((np.flip(grid, flips) if flips else grid).reshape(len(value), height * width, -1))
+      grid = np.flip(grid, flips) if flips else grid
+      parts.append(grid.reshape(len(value), height * width, -1))
     mirrored[key] = np.concatenate(parts, axis=1)
   sides = mirrored["box_logits"].reshape(*mirrored["box_logits"].shape[:2], 4, -1)
   if cols:

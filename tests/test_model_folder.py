@@ -10,6 +10,8 @@ import pytest
 from neuroseg_jax import model_folder
 from neuroseg_jax import predictor
 from neuroseg_jax.errors import DataError
+from neuroseg_jax.evaluation import flip_tta
+from neuroseg_jax.models import yolo_decode
 from neuroseg_jax.models import yolo_seg
 
 ARCHITECTURE = {"scale": "n", "block": "c2f_faster_ema", "neck": "bifpn", "num_classes": 1,
@@ -85,3 +87,30 @@ def test_predict_on_fields_smaller_and_larger_than_a_tile(written):
   np.testing.assert_array_equal(again.scores, found[1].scores)
   with pytest.raises(DataError, match=r"expected a 2-D \[H, W\] image"):
     model.predict([np.zeros((4, 5, 6))])
+
+
+def test_flip_tta_makes_a_network_flip_equivariant(written):
+  """Averaged over the four flips, the built-in network's scores and boxes for a flipped
+  input are those of the input, flipped (a plain pass is not equivariant)."""
+  builtin = model_folder.read(predictor.BUILTIN_MODELS["builtin"])
+  network = yolo_seg.build_yolo_seg({**builtin.spec["architecture"], "dtype": "float32"})
+  plain = lambda batch: jax.device_get(network.apply(builtin.variables, batch["image"],
+                                                     train=False))
+  image = np.random.default_rng(1).random((1, 64, 64, 3)).astype(np.float32)
+  for rows, cols in ((False, True), (True, False)):
+    flipped = np.flip(image, tuple(a for a, f in ((1, rows), (2, cols)) if f)).copy()
+    perm = flip_tta.anchor_permutation((64, 64), rows, cols)
+    for predict, equivariant in ((plain, False), (flip_tta.with_flips(plain), True)):
+      a, b = (jax.device_get(yolo_decode.decode_predictions(predict({"image": x}), (64, 64)))
+              for x in (image, flipped))
+      mirrored = np.array(a["boxes_xyxy"])
+      if cols:
+        mirrored[..., [0, 2]] = 64 - a["boxes_xyxy"][..., [2, 0]]
+      if rows:
+        mirrored[..., [1, 3]] = 64 - a["boxes_xyxy"][..., [3, 1]]
+      same = (np.allclose(b["scores"][:, perm], a["scores"], atol=1e-5) and
+              np.allclose(b["boxes_xyxy"][:, perm], mirrored, atol=1e-3))
+      assert same == equivariant
+  found = predictor.load_model(written[0]).predict([image[0, ..., 0]], conf_threshold=0.0,
+                                                   tta=True)[0]
+  assert found.masks.shape[1:] == (64, 64) and len(found.scores) == len(found.masks)

@@ -62,6 +62,8 @@ def test_train_writes_a_model_folder_that_segment_and_evaluate_use(labeled_folde
   assert folder.spec["architecture"]["scale"] == "n"
   assert folder.spec["conf_threshold"] == scores[
       "confidence threshold (chosen on the training images)"]
+  assert folder.spec["tta_conf_threshold"] == scores[
+      "confidence threshold with --tta (chosen on the training images)"]
   assert "validation F1" in scores and "validation images" in scores
   assert "Training data: 1 labeled images" in (out / "MODEL_CARD.md").read_text()
   # Calling it again resumes the finished run instead of training anew.
@@ -72,7 +74,7 @@ def test_train_writes_a_model_folder_that_segment_and_evaluate_use(labeled_folde
 
   image = next((labeled_folder / "images").iterdir())
   (result,) = segment.segment([str(image)], str(tmp_path / "seg"), model_name=str(out),
-                              progress=False)
+                              progress=False, tta=True)
   assert os.path.isfile(result.files[0])
   table = evaluate.evaluate(str(out), str(labeled_folder), str(tmp_path / "eval"))
   assert [s.name for s in table][-1] == "pooled" and len(table) == 3

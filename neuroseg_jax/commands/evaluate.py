@@ -47,15 +47,16 @@ def score_image(name: str, pred_masks: np.ndarray, true_masks: np.ndarray) -> Im
   return ImageScore(name, counts, iou[pairs[:, 0], pairs[:, 1]] if len(pairs) else np.zeros(0))
 
 
-def evaluate(model_name: str, data: str, out: str) -> list[ImageScore]:
-  """Scores `model_name` on every labeled image of `data`; the last entry is pooled."""
+def evaluate(model_name: str, data: str, out: str, tta: bool = False) -> list[ImageScore]:
+  """Scores `model_name` on every labeled image of `data` (with `tta`: flip-averaged,
+  at the model's threshold for that); the last entry is pooled."""
   examples = images.list_yolo_folder(data)
   model = predictor.load_model(model_name)
   os.makedirs(out, exist_ok=True)
   scores = []
   for name, image_path, label_path in examples:
     image, true_masks = images.read_yolo_example(image_path, label_path)
-    found = model.predict([image])[0]
+    found = model.predict([image], tta=tta)[0]
     scores.append(score_image(name, found.masks, true_masks))
     c = scores[-1].counts
     figures.save_outline_figure(

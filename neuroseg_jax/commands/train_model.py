@@ -48,13 +48,13 @@ def recipe_config(data: str, num_steps: int, val_fraction: float, init: str,
       f"num_val={num_val},seed={seed},pretrained={pretrained},scale={scale}")
 
 
-def _spec(config: ml_collections.ConfigDict, threshold: float) -> dict:
+def _spec(config: ml_collections.ConfigDict, threshold: float, tta_threshold: float) -> dict:
   return {"architecture": config.model.to_dict(),
           "input": {"channels": ["image"] * config.data.source_args.get("num_channels", 3),
                     "normalization": "percentile",
                     "tile_size": config.eval.image_size or config.data.image_size,
                     "overlap": 64},
-          "conf_threshold": threshold}
+          "conf_threshold": threshold, "tta_conf_threshold": tta_threshold}
 
 
 def _card(config, train_names, scores: dict, seconds: float, command: str) -> str:
@@ -76,11 +76,13 @@ def _card(config, train_names, scores: dict, seconds: float, command: str) -> st
   return "\n".join(lines) + "\n"
 
 
-def calibrate(model: predictor.NeuronModel, samples) -> tuple[float, neuron_matching.Counts]:
-  """The confidence threshold maximising pooled F1 of `model` on labeled samples."""
+def calibrate(model: predictor.NeuronModel, samples,
+              tta: bool = False) -> tuple[float, neuron_matching.Counts]:
+  """The confidence threshold maximising pooled F1 of `model` on labeled samples
+  (with `tta`: of its flip-averaged detections)."""
   ious, scores = [], []
   for sample in samples:
-    found = model.detect(sample.image)
+    found = model.detect(sample.image, tta=tta)
     ious.append(neuron_matching.mask_iou_matrix(found.masks, sample.masks))
     scores.append(found.scores)
   return neuron_matching.best_confidence_threshold(ious, scores)
@@ -106,11 +108,16 @@ def train_model(data: str, out: str, num_steps: int = 400, val_fraction: float =
   state = loop.train(task, os.path.join(out, "run"), overwrite=overwrite)
   variables = jax.tree.map(np.asarray, jax.device_get(
       {"params": state["params"], **state["model_state"]}))
-  draft = predictor.NeuronModel(model_folder.ModelFolder(_spec(config, 0.0), variables), out)
+  draft = predictor.NeuronModel(model_folder.ModelFolder(_spec(config, 0.0, 0.0), variables),
+                               out)
   threshold, train_counts = calibrate(draft, task.train_samples)
+  tta_threshold, tta_counts = calibrate(draft, task.train_samples, tta=True)
   draft.conf_threshold = threshold
   scores = {"confidence threshold (chosen on the training images)": round(threshold, 3),
-            "training images F1 at it": round(train_counts.f1, 4)}
+            "training images F1 at it": round(train_counts.f1, 4),
+            "confidence threshold with --tta (chosen on the training images)":
+                round(tta_threshold, 3),
+            "training images F1 with --tta": round(tta_counts.f1, 4)}
   if task.val_samples:
     counts = score(draft, task.val_samples)
     scores.update({"validation images": ", ".join(s.name for s in task.val_samples),
@@ -119,5 +126,6 @@ def train_model(data: str, out: str, num_steps: int = 400, val_fraction: float =
                    "validation F1": round(counts.f1, 4)})
   card = _card(config, [s.name for s in task.train_samples], scores,
                loop.training_seconds(os.path.join(out, "run")), command)
-  model_folder.write(out, {**_spec(config, threshold), "scores": scores}, variables, card)
+  model_folder.write(out, {**_spec(config, threshold, tta_threshold), "scores": scores},
+                     variables, card)
   return scores

@@ -51,6 +51,7 @@ class PostprocessSettings:
   max_detections: int = 500  # ABO fields hold up to ~350 neurons
   min_area: int = 10  # pixels of the original image
   keep_largest_component: bool = True
+  mask_margin: float = 0.0  # original pixels added to each side of a box before its mask is cut
 
 
 @dataclasses.dataclass
@@ -172,7 +173,7 @@ def _largest_component(mask: np.ndarray) -> np.ndarray:
 
 def assemble_masks(coefs: np.ndarray, protos: np.ndarray, boxes: np.ndarray,
                    letterbox: Letterbox, original_hw: Sequence[int],
-                   keep_largest_component: bool = False) -> np.ndarray:
+                   keep_largest_component: bool = False, margin: float = 0.0) -> np.ndarray:
   """Instance masks in original pixels.
 
   Args:
@@ -183,6 +184,8 @@ def assemble_masks(coefs: np.ndarray, protos: np.ndarray, boxes: np.ndarray,
     letterbox: placement of the original image in the network input.
     original_hw: (H, W) of the original image.
     keep_largest_component: keep only each mask's largest 4-connected component.
+    margin: pixels added to each side of a box before the mask is cropped to it (a
+      box slightly too small then no longer cuts its neuron straight).
   Returns:
     [N, H, W] bool, logit > 0 after bilinear resampling of the logits.
   """
@@ -192,7 +195,8 @@ def assemble_masks(coefs: np.ndarray, protos: np.ndarray, boxes: np.ndarray,
       -1, num_protos).T).reshape(len(coefs), *protos.shape[:2])  # [N, Hp, Wp]
   masks = np.zeros((len(coefs), *original_hw), bool)
   for i, box in enumerate(boxes):
-    row_window, col_window = _box_window(box, original_hw)
+    row_window, col_window = _box_window(np.maximum(box + [-margin, -margin, margin, margin], 0),
+                                         original_hw)
     row_weights, row_source = _used_sources(rows[row_window])
     col_weights, col_source = _used_sources(cols[col_window])
     crop = row_weights @ logits[i, row_source, col_source] @ col_weights.T > 0
@@ -234,7 +238,7 @@ def postprocess_image(decoded: dict, original_hw: Sequence[int], letterbox: Lett
     return Instances.empty(original_hw)
   boxes = boxes_to_original(decoded["boxes_xyxy"][keep], letterbox, original_hw).astype(np.float32)
   masks = assemble_masks(decoded["mask_coef"][keep], decoded["protos"], boxes, letterbox,
-                         original_hw, settings.keep_largest_component)
+                         original_hw, settings.keep_largest_component, settings.mask_margin)
   instances = Instances(masks, scores[keep].astype(np.float32), boxes,
                         class_scores[keep].argmax(-1).astype(np.int32))
   return instances.select(masks.sum(axis=(1, 2)) >= max(settings.min_area, 1))
