@@ -4,7 +4,9 @@ import numpy as np
 import pytest
 import scipy.ndimage
 
-from neuroseg_jax.data.motion import ShiftedMovie, estimate_shifts, shift_frames
+from neuroseg_jax.data.motion import MotionCorrectedMovie, ShiftedMovie, estimate_shifts
+from neuroseg_jax.data.motion import shift_frames
+from neuroseg_jax.data.movies import ArrayMovie
 from neuroseg_jax.data.twophoton_sim import SimulationConfig, simulate_recording
 from neuroseg_jax.errors import DataError
 
@@ -59,12 +61,56 @@ def test_shifted_movie_realigns_chunk_by_chunk(still):
   np.testing.assert_allclose(exact[inside], still[inside], atol=1e-3)
 
 
+class CountingMovie(ArrayMovie):
+  """Counts the frames read from it."""
+  frames_read = 0
+
+  def _read(self, start, stop):
+    self.frames_read += stop - start
+    return super()._read(start, stop)
+
+
+@pytest.mark.parametrize("whole_pixels", [False, True])
+def test_correcting_while_reading_equals_estimate_then_shift(still, whole_pixels):
+  shifts = np.random.default_rng(5).uniform(-4, 4, (FRAMES, 2)).astype(np.float32)
+  moved = displaced(still, shifts)
+  reference = still.mean(0)
+  expected_shifts = estimate_shifts(moved, reference=reference, chunk_size=16)
+  expected = ShiftedMovie(moved, expected_shifts, whole_pixels=whole_pixels)[:]
+  source = CountingMovie(moved)
+  corrected = MotionCorrectedMovie(source, reference=reference, whole_pixels=whole_pixels)
+  got = np.concatenate([corrected[t:t + 16] for t in range(0, FRAMES, 16)])
+  assert source.frames_read == FRAMES  # one read serves estimation and correction
+  np.testing.assert_allclose(corrected.all_shifts(), expected_shifts, atol=1e-5)
+  np.testing.assert_allclose(got, expected, atol=1e-4)
+  assert source.frames_read == FRAMES  # every shift was known already
+  copied = all(np.isin(frame, raw).all() for frame, raw in zip(got, moved))
+  assert copied == whole_pixels  # whole pixels are copied, fractions interpolated
+
+
+def test_all_shifts_estimates_the_frames_not_read(still):
+  corrected = MotionCorrectedMovie(still, reference=still.mean(0))
+  corrected[10:20]
+  np.testing.assert_allclose(corrected.all_shifts(),
+                             estimate_shifts(still, reference=still.mean(0)), atol=1e-5)
+
+
 def test_shift_frames_integer_is_exact_and_fractional_is_bilinear():
   frame = np.arange(36, dtype=np.float32).reshape(1, 6, 6)  # value = 6 * row + col.
   np.testing.assert_array_equal(shift_frames(frame, [[1, -2]])[0, 1:4, 3:5],
                                 frame[0, 2:5, 1:3])
   np.testing.assert_allclose(shift_frames(frame, [[0.5, 0.25]])[0, :4, :4],
                              frame[0, :4, :4] + 6 * 0.5 + 0.25, rtol=1e-6)
+
+
+@pytest.mark.parametrize("dy,dx", [(0, 0), (3, -2), (-5, 4), (6, 9), (-9, -6), (12, 1), (-2, -14)])
+def test_whole_pixel_shifts_copy_with_edges_repeated(dy, dx):
+  """The copy path equals clamped indexing, out[y, x] = frame[clip(y + dy), clip(x + dx)],
+  also for shifts of a whole frame or more."""
+  frame = np.random.default_rng(4).random((1, 7, 10)).astype(np.float32)
+  rows = np.clip(np.arange(7) + dy, 0, 6)
+  cols = np.clip(np.arange(10) + dx, 0, 9)
+  np.testing.assert_array_equal(shift_frames(frame, [[dy, dx]])[0], frame[0][rows[:, None], cols])
 
 
 def test_shift_count_must_match_frames(still):
