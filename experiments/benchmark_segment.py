@@ -5,18 +5,21 @@ a temporary folder, frame by frame (never the whole movie in memory; free disk
 space is checked first): a static background with --rois bright disc somata,
 transients on a third of them, shot-like noise drawn from a bank of 32 noise
 frames, and a random-walk integer motion of a few pixels. Then, in a fresh
-subprocess per run (so each peak memory is its own), times the stages the
-`segment` command chains, each a full streamed pass over the movie:
-  motion    `estimate_shifts` (phase correlation) on the raw movie;
-  summary   `compute_summary_images` of the motion-corrected `ShiftedMovie`;
+subprocess per run (so each peak memory is its own), times the two streamed reads
+the `segment` command makes (`data/movie_passes.py`):
+  summary   motion estimated and corrected (whole pixels) as each chunk is read, and
+            `compute_summary_images` of the corrected chunks;
   traces    `extract_traces` of the corrected movie for the --rois true masks.
-and prints, per stage and end to end, wall seconds, frames/s and CPU seconds.
+and prints, per read and end to end, wall seconds, frames/s and CPU seconds. With
+--before it also times, in the same process, the three reads of the previous
+pipeline (estimate_shifts; summary images of a bilinear ShiftedMovie; traces of it)
+and prints the end-to-end speed-up.
 The run is repeated on the first half of the frames to show that memory does
 not grow with T: peak RssAnon (the process's own memory, sampled every 20 ms)
 and ru_maxrss, which also counts the pages of the memory-mapped TIFF that the
 process has touched (page cache, reclaimable; it does grow with T).
 
-  python experiments/benchmark_segment.py --frames 3000
+  python -m experiments.benchmark_segment --frames 3000 --before
 """
 
 from __future__ import annotations
@@ -35,6 +38,7 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from neuroseg_jax.data import movie_passes
 from neuroseg_jax.data.motion import ShiftedMovie, estimate_shifts
 from neuroseg_jax.data.movies import Movie, open_movie
 from neuroseg_jax.data.summary_images import compute_summary_images
@@ -108,8 +112,9 @@ class PeakAnonymousMemory:
     return self.peak
 
 
-def run_stages(movie_path: Path, masks_path: Path, count: int, chunk_size: int) -> dict:
-  """Times the three stages on the first `count` frames; returns the measurements."""
+def run_stages(movie_path: Path, masks_path: Path, count: int, chunk_size: int,
+               before: bool) -> dict:
+  """Times the reads on the first `count` frames; returns the measurements."""
   memory = PeakAnonymousMemory()
   masks = np.load(masks_path)
   movie = FirstFrames(open_movie(movie_path), count)
@@ -122,10 +127,13 @@ def run_stages(movie_path: Path, masks_path: Path, count: int, chunk_size: int) 
     timings[name] = (time.perf_counter() - wall, time.process_time() - cpu)
     return result
 
-  shifts = timed("motion", lambda: estimate_shifts(movie, chunk_size=chunk_size))
-  corrected = ShiftedMovie(movie, shifts)
-  timed("summary", lambda: compute_summary_images(corrected))
+  _, corrected = timed("summary", lambda: movie_passes.summarize(movie))
   timed("traces", lambda: extract_traces(corrected, masks, chunk_size=chunk_size))
+  if before:
+    shifts = timed("before: motion", lambda: estimate_shifts(movie, chunk_size=chunk_size))
+    bilinear = ShiftedMovie(movie, shifts)
+    timed("before: summary", lambda: compute_summary_images(bilinear))
+    timed("before: traces", lambda: extract_traces(bilinear, masks, chunk_size=chunk_size))
   return {"frames": len(movie), "timings": timings, "peak_anon": memory.stop(),
           "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
@@ -133,12 +141,17 @@ def run_stages(movie_path: Path, masks_path: Path, count: int, chunk_size: int) 
 def print_run(run: dict) -> None:
   frames_done = run["frames"]
   print(f"\n{frames_done} frames")
-  print(f"  {'stage':10s} {'wall s':>8s} {'frames/s':>9s} {'CPU s':>8s}")
-  total_wall = total_cpu = 0.0
+  print(f"  {'read':16s} {'wall s':>8s} {'frames/s':>9s} {'CPU s':>8s}")
+  totals = {}
   for name, (wall, cpu) in run["timings"].items():
-    total_wall, total_cpu = total_wall + wall, total_cpu + cpu
-    print(f"  {name:10s} {wall:8.2f} {frames_done / wall:9.0f} {cpu:8.2f}")
-  print(f"  {'end to end':10s} {total_wall:8.2f} {frames_done / total_wall:9.0f} {total_cpu:8.2f}")
+    pipeline = "before" if name.startswith("before") else "now"
+    total = totals.setdefault(pipeline, [0.0, 0.0])
+    total[0], total[1] = total[0] + wall, total[1] + cpu
+    print(f"  {name:16s} {wall:8.2f} {frames_done / wall:9.0f} {cpu:8.2f}")
+  for pipeline, (wall, cpu) in totals.items():
+    print(f"  {'end to end, ' + pipeline:16s} {wall:8.2f} {frames_done / wall:9.0f} {cpu:8.2f}")
+  if "before" in totals:
+    print(f"  speed-up (wall): {totals['before'][0] / totals['now'][0]:.2f}x")
   print(f"  peak RssAnon {run['peak_anon'] / 2**20:.0f} MiB, ru_maxrss "
         f"{run['maxrss'] / 2**20:.0f} MiB (includes touched pages of the mapped TIFF)")
 
@@ -149,6 +162,8 @@ def main():
   parser.add_argument("--size", type=int, default=487)
   parser.add_argument("--rois", type=int, default=300)
   parser.add_argument("--chunk-size", type=int, default=50)
+  parser.add_argument("--before", action="store_true",
+                      help="also time the previous three-read pipeline (same process)")
   parser.add_argument("--folder", type=Path, default=None,
                       help="where to write the TIFF (default: a new temporary folder)")
   parser.add_argument("--run", nargs=3, metavar=("TIFF", "MASKS", "FRAMES"),
@@ -156,7 +171,7 @@ def main():
   args = parser.parse_args()
   if args.run:
     print(json.dumps(run_stages(Path(args.run[0]), Path(args.run[1]), int(args.run[2]),
-                                args.chunk_size)))
+                                args.chunk_size, args.before)))
     return
 
   folder = Path(tempfile.mkdtemp(prefix="benchmark_segment_", dir=args.folder))
@@ -179,7 +194,7 @@ def main():
     for count in (args.frames // 2, args.frames):
       command = [sys.executable, "-m", "experiments.benchmark_segment", "--chunk-size",
                  str(args.chunk_size), "--run", str(movie_path), str(folder / "masks.npy"),
-                 str(count)]
+                 str(count)] + (["--before"] if args.before else [])
       output = subprocess.run(command, check=True, capture_output=True, text=True,
                               cwd=repository).stdout
       print_run(json.loads(output.strip().splitlines()[-1]))

@@ -26,7 +26,7 @@ import tifffile
 from neuroseg_jax import predictor
 from neuroseg_jax.data import atomic_files
 from neuroseg_jax.data import images
-from neuroseg_jax.data import motion
+from neuroseg_jax.data import movie_passes
 from neuroseg_jax.data import movies
 from neuroseg_jax.data import nwb
 from neuroseg_jax.data import roi_outputs
@@ -38,6 +38,7 @@ from neuroseg_jax.evaluation import figures
 from neuroseg_jax.evaluation import neuron_matching
 
 SUMMARY_SUFFIXES = (".jpg", ".jpeg", ".png")
+WHOLE_PIXEL_MOTION = True  # see data/movie_passes.py
 MOVIE_SUFFIXES = (".h5", ".hdf5")
 
 
@@ -80,7 +81,7 @@ def _save_overlay(path: str, image: np.ndarray, masks: np.ndarray, title: str) -
 
 def segment_input(path: Path, out: Path, model: predictor.NeuronModel, projection: str,
                   correct_motion: bool, write_nwb: bool, frame_rate: float,
-                  dataset: str | None) -> Segmented:
+                  dataset: str | None, tta: bool = False) -> Segmented:
   """Segments one input and writes its files; returns what was written."""
   name = path.stem if path.is_file() else path.name
   movie = None
@@ -89,14 +90,12 @@ def segment_input(path: Path, out: Path, model: predictor.NeuronModel, projectio
     movie = movies.open_movie(path, **reader_args)
     if len(movie) < 2:
       raise DataError(path, "a movie needs at least 2 frames")
-    if correct_motion:
-      movie = motion.ShiftedMovie(movie, motion.estimate_shifts(movie))
-    summary = summary_images.compute_summary_images(movie)
+    summary, movie = movie_passes.summarize(movie, correct_motion, WHOLE_PIXEL_MOTION)
     image = summary[projection]
   else:
     image = images.read_summary_image(path)
     summary = {"image": image}
-  found = model.predict([image])[0]
+  found = model.predict([image], tta=tta)[0]
   prefix = str(out / name)
   files = [prefix + "_masks.tif", prefix + "_rois.csv", prefix + "_overlay.png",
            prefix + "_summary.tif"]
@@ -118,7 +117,8 @@ def segment_input(path: Path, out: Path, model: predictor.NeuronModel, projectio
 
 def segment(inputs: list[str], out: str, model_name: str = "builtin", projection: str = "corr",
             correct_motion: bool = True, write_nwb: bool = False, frame_rate: float = 30.0,
-            dataset: str | None = None, progress: bool = True) -> list[Segmented]:
+            dataset: str | None = None, progress: bool = True,
+            tta: bool = False) -> list[Segmented]:
   """Checks every input first, then segments each into `out`; returns what was written."""
   paths = [Path(p) for p in inputs]
   for path in paths:
@@ -133,7 +133,7 @@ def segment(inputs: list[str], out: str, model_name: str = "builtin", projection
   results = []
   for path in tqdm(paths, unit="input", disable=not progress):
     results.append(segment_input(path, Path(out), model, projection, correct_motion, write_nwb,
-                                 frame_rate, dataset))
+                                 frame_rate, dataset, tta))
   return results
 
 
