@@ -8,10 +8,13 @@ added around a box before its mask is cut). For each variant the confidence
 threshold maximising pooled F1 on the TRAINING images is chosen, and the validation
 images are scored at it (IoU >= 0.5, Hungarian matching), with the mean IoU of the
 matched neurons. The variant with the best training F1 is marked: that is the
-choice a user without validation labels would make.
+choice a user without validation labels would make. With several folds (as
+`abo_crossval`: --folds, --num_folds), counts are pooled over the folds per variant
+and for each fold's own choice.
 
   python -m experiments.abo_inference_sweep --workdir runs/abo_authors --steps 400 \\
       --val_images 524691284_0+539670003_0 [--margins 0 2 4]
+  python -m experiments.abo_inference_sweep --workdir runs/cv400 --steps 400  # 5 folds
 """
 
 from __future__ import annotations
@@ -68,20 +71,18 @@ def score_variant(train, val, settings) -> dict:
     counts = counts + neuron_matching.counts_from_iou(kept)
     pairs = neuron_matching.match_pairs(kept)
     matched.extend(kept[pairs[:, 0], pairs[:, 1]] if len(pairs) else [])
-  return {"threshold": threshold, "train_f1": train_counts.f1, "precision": counts.precision,
-          "recall": counts.recall, "f1": counts.f1, "mean_matched_iou": float(np.mean(matched))}
+  return {"threshold": threshold, "train_f1": train_counts.f1, "tp": counts.tp,
+          "fp": counts.fp, "fn": counts.fn, "precision": counts.precision,
+          "recall": counts.recall, "f1": counts.f1, "matched_iou_sum": float(np.sum(matched)),
+          "mean_matched_iou": float(np.mean(matched))}
 
 
-def main(argv=None) -> list[dict]:
-  parser = abo_crossval.build_parser(__doc__.split("\n")[0])
-  parser.add_argument("--nms_ious", type=float, nargs="+", default=NMS_IOUS)
-  parser.add_argument("--margins", type=float, nargs="+", default=MARGINS)
-  args = parser.parse_args(argv)
-  config = abo_crossval.fold_config(args, 0)
-  jax.config.update("jax_compilation_cache_dir", os.path.join(args.workdir, "xla_cache"))
+def sweep_split(args, fold: int) -> list[dict]:
+  """Every variant of one split (fold `fold`, or the --val_images split), one row each."""
+  config = abo_crossval.fold_config(args, fold)
   devices = jax.devices()[:1]
   task = tasks.build(config)
-  state = loop.train(task, os.path.join(args.workdir, "fold0"), devices=devices)
+  state = loop.train(task, os.path.join(args.workdir, f"fold{fold}"), devices=devices)
   plain = loop.make_predict_fn(task, state, mesh_lib.make_data_mesh(devices))
   size = config.eval.image_size or config.data.image_size
   train_samples = [yolo_seg.eval_sample(s, size) for s in task.train_samples]
@@ -94,20 +95,56 @@ def main(argv=None) -> list[dict]:
     for nms_iou, margin in itertools.product(args.nms_ious, args.margins):
       settings = post.PostprocessSettings(conf_threshold=0.001, nms_iou=nms_iou,
                                           mask_margin=margin)
-      row = {"tta": tta, "nms_iou": nms_iou, "mask_margin": margin,
-             **score_variant(train, val, settings)}
-      rows.append(row)
-      print(json.dumps(row), flush=True)
-  best = max(rows, key=lambda r: r["train_f1"])
-  print(f"{' '.join([sys.executable, *sys.argv])}\nvalidation images: "
-        f"{', '.join(s.name for s in val_samples)}")
-  print("| flips | NMS IoU | mask margin px | threshold | train F1 | val P | val R | val F1 | "
-        "val mean IoU |\n|---|---|---|---|---|---|---|---|---|")
+      rows.append({"fold": fold, "images": ";".join(s.name for s in val_samples), "tta": tta,
+                   "nms_iou": nms_iou, "mask_margin": margin,
+                   **score_variant(train, val, settings)})
+      print(json.dumps(rows[-1]), flush=True)
+  max(rows, key=lambda r: r["train_f1"])["chosen"] = True
+  return rows
+
+
+def pooled(rows: list[dict]) -> dict:
+  counts = neuron_matching.Counts(sum(r["tp"] for r in rows), sum(r["fp"] for r in rows),
+                                  sum(r["fn"] for r in rows))
+  return {"precision": counts.precision, "recall": counts.recall, "f1": counts.f1,
+          "mean_matched_iou": sum(r["matched_iou_sum"] for r in rows) / max(counts.tp, 1)}
+
+
+def print_rows(rows: list[dict]) -> None:
+  print("| fold | flips | NMS IoU | mask margin px | threshold | train F1 | val P | val R | "
+        "val F1 | val mean IoU |\n|---|---|---|---|---|---|---|---|---|---|")
   for r in rows:
-    mark = " (chosen on train)" if r is best else ""
-    print(f"| {'yes' if r['tta'] else 'no'} | {r['nms_iou']} | {r['mask_margin']:.0f} | "
-          f"{r['threshold']:.2f} | {r['train_f1']:.3f} | {r['precision']:.3f} | "
-          f"{r['recall']:.3f} | {r['f1']:.3f}{mark} | {r['mean_matched_iou']:.3f} |")
+    mark = " (chosen on train)" if r.get("chosen") else ""
+    print(f"| {r['fold']} | {'yes' if r['tta'] else 'no'} | {r['nms_iou']} | "
+          f"{r['mask_margin']:.0f} | {r['threshold']:.2f} | {r['train_f1']:.3f} | "
+          f"{r['precision']:.3f} | {r['recall']:.3f} | {r['f1']:.3f}{mark} | "
+          f"{r['mean_matched_iou']:.3f} |")
+
+
+def main(argv=None) -> list[dict]:
+  parser = abo_crossval.build_parser(__doc__.split("\n")[0])
+  parser.add_argument("--nms_ious", type=float, nargs="+", default=NMS_IOUS)
+  parser.add_argument("--margins", type=float, nargs="+", default=MARGINS)
+  args = parser.parse_args(argv)
+  jax.config.update("jax_compilation_cache_dir", os.path.join(args.workdir, "xla_cache"))
+  if args.val_images:
+    folds = [0]  # the named split
+  else:
+    folds = [int(f) for f in args.folds.split(",")] if args.folds else range(args.num_folds)
+  rows = [row for fold in folds for row in sweep_split(args, fold)]
+  print(f"{' '.join([sys.executable, *sys.argv])}")
+  print_rows(rows)
+  variants = sorted({(r["tta"], r["nms_iou"], r["mask_margin"]) for r in rows})
+  print("\npooled over the splits | val P | val R | val F1 | val mean IoU\n|---|---|---|---|---|")
+  for variant in variants:
+    same = [r for r in rows if (r["tta"], r["nms_iou"], r["mask_margin"]) == variant]
+    p = pooled(same)
+    print(f"| flips {'yes' if variant[0] else 'no'}, NMS {variant[1]}, margin {variant[2]:.0f} "
+          f"| {p['precision']:.3f} | {p['recall']:.3f} | {p['f1']:.3f} | "
+          f"{p['mean_matched_iou']:.3f} |")
+  p = pooled([r for r in rows if r.get("chosen")])
+  print(f"| each split's choice on its training images | {p['precision']:.3f} | "
+        f"{p['recall']:.3f} | {p['f1']:.3f} | {p['mean_matched_iou']:.3f} |")
   with open(os.path.join(args.workdir, "inference_sweep.json"), "w") as f:
     json.dump(rows, f, indent=1)
   return rows
