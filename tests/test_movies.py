@@ -1,12 +1,14 @@
 """Movie readers: each layout on small files, the real SIMA movie, and bad input."""
 
+import threading
+
 import h5py
 import numpy as np
 import pytest
 import tifffile
 
 from neuroseg_jax.errors import DataError
-from neuroseg_jax.data.movies import StackMovie, open_movie
+from neuroseg_jax.data.movies import ArrayMovie, ReadAhead, StackMovie, open_movie
 from neuroseg_jax.data.stacks import Hdf5Stack, SliceFolderStack, TiffStack
 
 
@@ -173,3 +175,40 @@ def test_frame_folder_with_stack_as_frame(tmp_path, frames):
   tifffile.imwrite(folder / "frame_0.tif", frames[:3])
   with pytest.raises(DataError, match=r"frame_0\.tif: expected a 2-D grayscale image"):
     open_movie(folder)
+
+
+class _ThreadRecordingMovie(ArrayMovie):
+  """Records the thread and range of each read; frame `bad` (if any) is NaN."""
+
+  def __init__(self, array, bad=None):
+    super().__init__(array)
+    self.reads, self.bad = [], bad
+
+  def _read(self, start, stop):
+    self.reads.append((threading.get_ident(), start, stop))
+    frames = np.array(super()._read(start, stop))
+    if self.bad is not None and start <= self.bad < stop:
+      frames[self.bad - start] = np.nan
+    return frames
+
+
+def test_read_ahead_serves_the_same_frames_from_one_background_thread():
+  array = np.random.default_rng(0).random((23, 5, 6)).astype(np.float32)
+  inner = _ThreadRecordingMovie(array)
+  movie = ReadAhead(inner)
+  sequential = np.concatenate([movie[t:t + 4] for t in range(0, 23, 4)])
+  np.testing.assert_array_equal(sequential, array)
+  np.testing.assert_array_equal(movie[7:9], array[7:9])  # out of order: read directly
+  np.testing.assert_array_equal(movie[3], array[3])
+  threads = {thread for thread, _, _ in inner.reads}
+  assert threads and threading.get_ident() not in threads and len(threads) == 1
+  assert (4, 8) in [(a, b) for _, a, b in inner.reads]  # read ahead after [0, 4)
+  movie.close()
+
+
+def test_read_ahead_reports_a_bad_chunk_when_it_is_read():
+  array = np.ones((12, 4, 4), np.float32)
+  movie = ReadAhead(_ThreadRecordingMovie(array, bad=6))
+  np.testing.assert_array_equal(movie[0:4], array[:4])  # [4, 8) is read ahead, NaN inside
+  with pytest.raises(DataError, match="frame 6"):
+    movie[4:8]

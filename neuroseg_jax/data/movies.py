@@ -13,6 +13,7 @@ dataset "mov" of the ABO / SUNS layout.
 
 from __future__ import annotations
 
+import concurrent.futures
 from pathlib import Path
 
 import numpy as np
@@ -115,3 +116,41 @@ def open_movie(path, **reader_args) -> Movie:
   if Path(path).suffix.lower() in stacks.HDF5_SUFFIXES:
     reader_args.setdefault("key", "mov")
   return StackMovie(stacks.open_stack(path, **reader_args))
+
+
+class ReadAhead(Movie):
+  """`movie` read one chunk ahead in a background thread: after serving frames
+  [t0, t1), it starts reading [t1, 2 t1 - t0) (and whatever processing `movie`'s reads
+  do, e.g. motion correction), so a sequential pass overlaps reading with the
+  caller's work on the previous chunk. Other access patterns are served directly.
+
+  Every read of `movie` runs on the one background thread, so readers that are not
+  thread-safe stay correct; memory is at most one chunk more. NumPy, tifffile and
+  scipy.fft release the GIL for the heavy parts, so on 2 cores the two overlap.
+  """
+
+  def __init__(self, movie):
+    self._movie = as_movie(movie)
+    self.source, self.shape, self.dtype = self._movie.source, self._movie.shape, np.float32
+    self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
+    self._pending: tuple[int, int, concurrent.futures.Future] | None = None
+
+  def _read(self, start: int, stop: int) -> np.ndarray:
+    pending, self._pending = self._pending, None
+    if pending is not None and pending[:2] == (start, stop):
+      frames = pending[2].result()
+    else:
+      if pending is not None:
+        pending[2].cancel()
+      frames = self._executor.submit(self._movie.__getitem__, slice(start, stop)).result()
+    following = (stop, min(2 * stop - start, len(self)))
+    if following[0] < following[1]:
+      self._pending = (*following, self._executor.submit(self._movie.__getitem__,
+                                                         slice(*following)))
+    return frames
+
+  def close(self) -> None:
+    if self._pending is not None:
+      self._pending[2].cancel()
+    self._executor.shutdown(wait=True)
+    self._movie.close()
