@@ -22,6 +22,7 @@ from pathlib import Path
 
 import numpy as np
 import tifffile
+from tqdm import tqdm
 
 from neuroseg_jax import predictor
 from neuroseg_jax.data import atomic_files
@@ -44,10 +45,12 @@ MOVIE_SUFFIXES = (".h5", ".hdf5")
 
 @dataclasses.dataclass
 class Segmented:
-  """What one input produced: its name, neuron count and the files written."""
+  """What one input produced: its name, neuron count, the files written and the
+  neurons' masks [N, H, W] bool."""
   name: str
   neurons: int
   files: list[str]
+  masks: np.ndarray
 
 
 def is_movie(path: Path) -> bool:
@@ -79,40 +82,65 @@ def _save_overlay(path: str, image: np.ndarray, masks: np.ndarray, title: str) -
   figures.save_outline_figure(path, image, empty, masks, title, numbered=True)
 
 
+class _CountedMovie(movies.Movie):
+  """A movie whose reads advance a progress bar (the two reads of `movie_passes`)."""
+
+  def __init__(self, movie: movies.Movie, bar):
+    self._movie, self._bar = movie, bar
+    self.source, self.shape, self.dtype = movie.source, movie.shape, movie.dtype
+
+  def _read(self, start: int, stop: int) -> np.ndarray:
+    frames = self._movie[start:stop]
+    self._bar.update(min(stop - start, self._bar.total - self._bar.n))
+    return frames
+
+  def close(self) -> None:
+    self._movie.close()
+
+
 def segment_input(path: Path, out: Path, model: predictor.NeuronModel, projection: str,
                   correct_motion: bool, write_nwb: bool, frame_rate: float,
-                  dataset: str | None, tta: bool = False) -> Segmented:
+                  dataset: str | None, tta: bool = False, progress: bool = False) -> Segmented:
   """Segments one input and writes its files; returns what was written."""
   name = path.stem if path.is_file() else path.name
-  movie = None
-  if is_movie(path):
-    reader_args = {"key": dataset} if dataset else {}
-    movie = movies.open_movie(path, **reader_args)
-    if len(movie) < 2:
-      raise DataError(path, "a movie needs at least 2 frames")
-    summary, movie = movie_passes.summarize(movie, correct_motion, WHOLE_PIXEL_MOTION)
-    image = summary[projection]
-  else:
+  if not is_movie(path):
     image = images.read_summary_image(path)
-    summary = {"image": image}
-  found = model.predict([image], tta=tta)[0]
+    return _write_segmentation(out / name, model, image, {"image": image}, tta)
+  reader_args = {"key": dataset} if dataset else {}
+  movie = movies.open_movie(path, **reader_args)
+  if len(movie) < 2:
+    raise DataError(path, "a movie needs at least 2 frames")
+  # The bar is closed before an error reaches the command line, so the error is its last line.
+  with tqdm(total=2 * len(movie), unit="frame", desc=f"{name} (2 reads)", leave=False,
+            disable=not progress) as bar:
+    summary, movie = movie_passes.summarize(_CountedMovie(movie, bar), correct_motion,
+                                            WHOLE_PIXEL_MOTION)
+    result = _write_segmentation(out / name, model, summary[projection], summary, tta)
+    traces = traces_lib.extract_traces(movie, result.masks,
+                                       baseline_window=max(1, round(60 * frame_rate)))
   prefix = str(out / name)
+  result.files += [str(p) for p in roi_outputs.write_traces(prefix, traces, frame_rate)]
+  if write_nwb:
+    result.files.append(prefix + ".nwb")
+    nwb.write_nwb(result.files[-1], result.masks, traces, summary, frame_rate)
+  return result
+
+
+def _write_segmentation(prefix: Path, model: predictor.NeuronModel, image: np.ndarray,
+                        summary: dict, tta: bool) -> Segmented:
+  """Segments `image` [H, W]; writes the label image, ROI table, overlay and summary."""
+  found = model.predict([image], tta=tta)[0]
+  prefix = str(prefix)
   files = [prefix + "_masks.tif", prefix + "_rois.csv", prefix + "_overlay.png",
            prefix + "_summary.tif"]
   intensity = summary.get("mean", image)
   roi_outputs.write_label_image(files[0], found.masks, found.scores)
   roi_outputs.write_roi_table(files[1], found.masks, found.scores,
                               np.array([intensity[m].mean() for m in found.masks], np.float32))
+  name = os.path.basename(prefix)
   _save_overlay(files[2], image, found.masks, f"{name}: {len(found)} neurons")
   _write_summary(files[3], summary)
-  if movie is not None:
-    traces = traces_lib.extract_traces(movie, found.masks,
-                                       baseline_window=max(1, round(60 * frame_rate)))
-    files += [str(p) for p in roi_outputs.write_traces(prefix, traces, frame_rate)]
-    if write_nwb:
-      files.append(prefix + ".nwb")
-      nwb.write_nwb(files[-1], found.masks, traces, summary, frame_rate)
-  return Segmented(name, len(found), files)
+  return Segmented(name, len(found), files, found.masks)
 
 
 def segment(inputs: list[str], out: str, model_name: str = "builtin", projection: str = "corr",
@@ -129,11 +157,10 @@ def segment(inputs: list[str], out: str, model_name: str = "builtin", projection
                     f"{', '.join(summary_images.SUMMARY_NAMES)}")
   model = predictor.load_model(model_name)
   os.makedirs(out, exist_ok=True)
-  from tqdm import tqdm  # pylint: disable=import-outside-toplevel
   results = []
   for path in tqdm(paths, unit="input", disable=not progress):
     results.append(segment_input(path, Path(out), model, projection, correct_motion, write_nwb,
-                                 frame_rate, dataset, tta))
+                                 frame_rate, dataset, tta, progress))
   return results
 
 
