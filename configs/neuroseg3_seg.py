@@ -12,9 +12,11 @@ Arguments (`configs/neuroseg3_seg.py:ARGS`, each named after the field it sets,
 prefixed by its group where the name alone is ambiguous): smoke; model: scale, block
 (c2f | c2f_faster | c2f_faster_ema | c2f_ema), neck (pan | bifpn); data: source
 (simulated | abo | yolo_folder | neurofinder), folder, image_size, num_train, num_val,
-fold, num_folds, val_images (validation image names joined by "+"; wins over
-fold); the simulated source (data.source_args): num_recordings, height, width, frames; training: num_steps, batch_size, lr, seed, pretrained, freeze_steps,
-compute_dtype; eval_image_size (eval.image_size). The augmentation pipeline is
+fold, num_folds, val_images (validation image names joined by "+"; wins over fold);
+the simulated source (data.source_args): num_recordings, height, width, frames;
+training: num_steps, batch_size, lr, seed, pretrained, freeze_steps, compute_dtype;
+eval_image_size (eval.image_size), nms_iou (eval.nms_iou: the box NMS of evaluation
+and of the model folder `neuroseg-jax train` writes). The augmentation pipeline is
 `--config.data.augment="op|op(...)"` (it contains commas).
 """
 
@@ -65,11 +67,12 @@ def _source(args) -> tuple[str, dict]:
 
 def get_config(arg=None) -> ml_collections.ConfigDict:
   args = config_args.parse_arg(
-      arg, variants={"smoke": SMOKE, "abo": ABO}, smoke=False, abo=False, scale="s", block="c2f_faster_ema",
+      arg, variants={"smoke": SMOKE, "abo": ABO}, smoke=False, abo=False, scale="s",
+      block="c2f_faster_ema",
       neck="bifpn", source="simulated", folder="", image_size=512, num_train=-1, num_val=2,
       fold=-1, num_folds=5, val_images="", num_recordings=12, height=256, width=256, frames=200,
       num_steps=2000, batch_size=8, lr=1e-3, seed=0, pretrained="", freeze_steps=0,
-      compute_dtype="float32", eval_image_size=0)
+      compute_dtype="float32", eval_image_size=0, nms_iou=0.7)
   if args.source == "simulated":
     args.image_size = min(args.image_size, args.height, args.width)
 
@@ -98,7 +101,8 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict({
       "source": source, "source_args": source_args, "image_size": args.image_size,
       "max_instances": 400,
-      "augment": native_scale_crops(args.image_size) if args.abo else AUGMENT, "num_train": args.num_train,
+      "augment": native_scale_crops(args.image_size) if args.abo else AUGMENT,
+      "num_train": args.num_train,
       "num_val": args.num_val, "fold": args.fold, "num_folds": args.num_folds,
       "val_images": args.val_images})
   # assigner_eps: ultralytics uses 1e-9, but for 12-18 px neurons the initial alignment
@@ -116,6 +120,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   # trained on crops segment whole fields of view.
   config.eval = ml_collections.ConfigDict({"batch_size": 2 if args.smoke else 4,
                                            "figures": True,
-                                           "image_size": args.eval_image_size})
+                                           "image_size": args.eval_image_size,
+                                           "nms_iou": args.nms_iou})
   config.pretrained = args.pretrained
   return config

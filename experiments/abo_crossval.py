@@ -99,7 +99,8 @@ def train_and_score(config: ml_collections.ConfigDict, workdir: str,
   batch = config.eval.batch_size
   val_samples = [yolo_seg.eval_sample(s, size) for s in task.val_samples]
   result = neuron_evaluator.calibrate_then_score(
-      predict, [yolo_seg.eval_sample(s, size) for s in task.train_samples], val_samples, batch)
+      predict, [yolo_seg.eval_sample(s, size) for s in task.train_samples], val_samples, batch,
+      settings=task.postprocess_settings())
   val, threshold, pooled = result.test, result.threshold, result.pooled
   _, oracle = neuron_matching.best_confidence_threshold(val.ious, val.scores)
   if figure_dir is not None:

@@ -93,7 +93,7 @@ def sweep_split(args, fold: int) -> list[dict]:
     train = (network_outputs(predict, train_samples), train_samples)
     val = (network_outputs(predict, val_samples), val_samples)
     for nms_iou, margin in itertools.product(args.nms_ious, args.margins):
-      settings = post.PostprocessSettings(conf_threshold=0.001, nms_iou=nms_iou,
+      settings = post.PostprocessSettings(conf_threshold=post.LOW_CONFIDENCE, nms_iou=nms_iou,
                                           mask_margin=margin)
       rows.append({"fold": fold, "images": ";".join(s.name for s in val_samples), "tta": tta,
                    "nms_iou": nms_iou, "mask_margin": margin,

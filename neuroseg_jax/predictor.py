@@ -31,7 +31,6 @@ from neuroseg_jax.evaluation import yolo_postprocess as post
 from neuroseg_jax.models import yolo_seg
 
 BUILTIN_MODELS = {"builtin": os.path.join(os.path.dirname(__file__), "builtin", "neuroseg3_abo")}
-LOW_CONFIDENCE = 0.001  # detections kept before the threshold (for calibration sweeps)
 STRIDE = 32  # the network's largest stride: input sides are multiples of it
 
 
@@ -57,7 +56,7 @@ class NeuronModel:
     # Averaging four flips changes the score scale; older folders have one threshold.
     self.tta_conf_threshold = float(self.spec.get("tta_conf_threshold", self.conf_threshold))
     self.settings = post.PostprocessSettings(**{**self.spec.get("postprocess", {}),
-                                                "conf_threshold": LOW_CONFIDENCE})
+                                                "conf_threshold": post.LOW_CONFIDENCE})
     apply = _compiled_network(json.dumps(self.spec["architecture"], sort_keys=True))
     variables = jax.device_put(folder.variables)
     self._predict = lambda batch: jax.device_get(apply(variables, batch["image"]))

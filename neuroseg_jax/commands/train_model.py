@@ -54,6 +54,7 @@ def _spec(config: ml_collections.ConfigDict, threshold: float, tta_threshold: fl
                     "normalization": "percentile",
                     "tile_size": config.eval.image_size or config.data.image_size,
                     "overlap": 64},
+          "postprocess": {"nms_iou": config.eval.nms_iou},
           "conf_threshold": threshold, "tta_conf_threshold": tta_threshold}
 
 

@@ -34,7 +34,7 @@ from neuroseg_jax.evaluation import mask_map
 from neuroseg_jax.evaluation import neuron_matching
 from neuroseg_jax.evaluation import yolo_postprocess as post
 
-EVAL_SETTINGS = post.PostprocessSettings(conf_threshold=0.001)
+EVAL_SETTINGS = post.PostprocessSettings(conf_threshold=post.LOW_CONFIDENCE)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -129,14 +129,15 @@ def match_detections(samples: Sequence[EvalSample], predict_fn: Callable[[dict],
 def calibrate_then_score(predict_fn: Callable[[dict], dict],
                          calibration: Sequence[EvalSample] | Detections,
                          test: Sequence[EvalSample], batch_size: int,
-                         thresholds: Sequence[float] = neuron_matching.DEFAULT_THRESHOLDS
+                         thresholds: Sequence[float] = neuron_matching.DEFAULT_THRESHOLDS,
+                         settings: post.PostprocessSettings = EVAL_SETTINGS
                          ) -> CalibratedScore:
   """Chooses the confidence threshold on `calibration`, then scores `test` with it."""
   if not isinstance(calibration, Detections):
-    calibration = match_detections(calibration, predict_fn, batch_size)
+    calibration = match_detections(calibration, predict_fn, batch_size, settings)
   threshold, calibration_counts = neuron_matching.best_confidence_threshold(
       calibration.ious, calibration.scores, thresholds)
-  detections = match_detections(test, predict_fn, batch_size)
+  detections = match_detections(test, predict_fn, batch_size, settings)
   return CalibratedScore(threshold, calibration_counts, detections,
                          detections.counts_at(threshold))
 

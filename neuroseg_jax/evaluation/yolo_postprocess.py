@@ -30,6 +30,7 @@ from neuroseg_jax.data.instance_targets import Letterbox
 from neuroseg_jax.models import box_geometry
 from neuroseg_jax.models import yolo_decode
 
+LOW_CONFIDENCE = 0.001  # detections kept before a confidence threshold is chosen
 PROTO_STRIDE = 4  # head-output contract: prototypes at 1/4 of the input resolution
 IDENTITY = Letterbox(scale=1.0, pad_top=0.0, pad_left=0.0)  # an unpadded input
 

@@ -25,6 +25,7 @@ from neuroseg_jax.data import instance_targets
 from neuroseg_jax.data import neuron_datasets
 from neuroseg_jax.data import transforms2d
 from neuroseg_jax.evaluation import neuron_evaluator
+from neuroseg_jax.evaluation import yolo_postprocess as post
 from neuroseg_jax.losses import yolo_seg_loss
 from neuroseg_jax.models import yolo_seg
 from neuroseg_jax.training.task import Task
@@ -145,5 +146,11 @@ class YOLOSegTask(Task):
     size = self.config.eval.image_size or self.config.data.image_size
     figures = os.path.join(workdir, "figures") if self.config.eval.figures else None
     return [neuron_evaluator.NeuronSegEvaluator(
-        [eval_sample(s, size) for s in self.val_samples], batch_size=self.config.eval.batch_size,
-        figure_dir=figures)]
+        [eval_sample(s, size) for s in self.val_samples], settings=self.postprocess_settings(),
+        batch_size=self.config.eval.batch_size, figure_dir=figures)]
+
+  def postprocess_settings(self) -> post.PostprocessSettings:
+    """Evaluation post-processing: a low confidence (thresholds are chosen later) and
+    the config's NMS IoU (`eval.nms_iou`)."""
+    return post.PostprocessSettings(conf_threshold=post.LOW_CONFIDENCE,
+                                    nms_iou=self.config.eval.nms_iou)
