@@ -1,0 +1,74 @@
+"""Per-frame cost of each part of `segment`'s movie reads, timed one at a time.
+
+Writes a --frames x 487 x 487 uint16 TIFF (the generator of benchmark_segment.py)
+into --folder and prints, per part, wall and CPU milliseconds per frame: the TIFF
+read, motion estimation, whole-pixel and bilinear shifts, the summary-image
+accumulation, the sparse trace product, and the two reads as `segment` runs them.
+
+  python -m experiments.benchmark_segment_parts --frames 1500 --folder W
+"""
+
+from __future__ import annotations
+
+import argparse
+import time
+from pathlib import Path
+
+import numpy as np
+import tifffile
+
+from experiments import benchmark_segment
+from neuroseg_jax.data import motion
+from neuroseg_jax.data import movie_passes
+from neuroseg_jax.data import summary_images
+from neuroseg_jax.data import traces
+from neuroseg_jax.data.movies import open_movie
+
+CHUNK = 50
+
+
+def timed(name: str, frames: int, fn):
+  wall, cpu = time.perf_counter(), time.process_time()
+  result = fn()
+  wall, cpu = time.perf_counter() - wall, time.process_time() - cpu
+  print(f"  {name:40s} {1e3 * wall / frames:7.3f} {1e3 * cpu / frames:7.3f}", flush=True)
+  return result
+
+
+def main():
+  parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
+  parser.add_argument("--frames", type=int, default=1500)
+  parser.add_argument("--folder", type=Path, required=True)
+  args = parser.parse_args()
+  size, count = 487, args.frames
+  args.folder.mkdir(parents=True, exist_ok=True)
+  path = args.folder / f"parts_{count}.tif"
+  masks = benchmark_segment.soma_masks(size, 300, np.random.default_rng(0))
+  tifffile.imwrite(path, benchmark_segment.frames(size, count, masks, seed=1),
+                   shape=(count, size, size), dtype=np.uint16, photometric="minisblack")
+  movie = open_movie(path)
+  chunks = range(0, count, CHUNK)
+  summary_images.compute_summary_images(movie[:100])  # compile outside the timings
+  print(f"{count} frames of {size} x {size}; ms per frame: wall, CPU")
+  timed("TIFF read to float32", count, lambda: [movie[s:s + CHUNK] for s in chunks])
+  shifts = timed("motion estimation (read included)", count,
+                 lambda: motion.estimate_shifts(movie))
+  first = movie[:CHUNK]
+  timed("whole-pixel shift", count, lambda: [motion.shift_frames(
+      first, np.round(shifts[:CHUNK])) for _ in chunks])
+  timed("bilinear shift", count, lambda: [motion.shift_frames(first, shifts[:CHUNK] + 0.3)
+                                          for _ in chunks])
+  timed("summary images of the raw movie", count,
+        lambda: summary_images.compute_summary_images(movie))
+  operator = traces._mean_operator(np.concatenate([masks, traces.neuropil_masks(masks)]))  # pylint: disable=protected-access
+  flat = first.reshape(CHUNK, -1)
+  timed(f"sparse trace product ({operator.nnz} nonzeros)", count,
+        lambda: [[operator @ frame for frame in flat] for _ in chunks])
+  _, corrected = timed("read 1: motion + summary images", count,
+                       lambda: movie_passes.summarize(movie))
+  timed("read 2: traces", count, lambda: traces.extract_traces(corrected, masks))
+  path.unlink()
+
+
+if __name__ == "__main__":
+  main()
