@@ -182,8 +182,11 @@ def _mask_loss_sums(foreground, target_index, gt_boxes, coefs, protos, gt_masks,
   """[B] summed mask losses; on crops when that is exact for the batch, else on the map."""
   height, width = protos.shape[1:3]
   target_boxes = jax.vmap(lambda boxes, index: boxes[index])(gt_boxes, target_index)
-  full = lambda: jax.vmap(functools.partial(_full_map_mask_loss, num_slots=num_slots))(  # noqa: E731
-      foreground, target_index, target_boxes, coefs, protos, gt_masks)
+  # One image at a time, recomputed in the backward pass: the [num_slots, Hp, Wp] logits
+  # of a whole batch (~2 GB at 512 px, batch 8) are never held at once.
+  per_image = jax.checkpoint(functools.partial(_full_map_mask_loss, num_slots=num_slots))
+  full = lambda: jax.lax.map(lambda args: per_image(*args), (  # noqa: E731
+      foreground, target_index, target_boxes, coefs, protos, gt_masks))
   if not window or window >= min(height, width):
     return full()
   cropped = lambda: jax.vmap(functools.partial(  # noqa: E731
