@@ -71,6 +71,14 @@ def sha256(path: str) -> str:
   return digest.hexdigest()
 
 
+def _write_texts(directory: str, texts: dict[str, str]) -> None:
+  """Writes each {file name: text}, each file appearing only once complete."""
+  for name, text in texts.items():
+    with open(os.path.join(directory, name + ".tmp"), "w") as f:
+      f.write(text)
+    os.replace(os.path.join(directory, name + ".tmp"), os.path.join(directory, name))
+
+
 def write(directory: str, spec: dict, variables: dict, card: str,
           storage_dtype: str = "float16") -> None:
   """Writes a model folder; files appear only once complete (temporary name, then rename)."""
@@ -83,10 +91,17 @@ def write(directory: str, spec: dict, variables: dict, card: str,
   os.replace(weights + ".tmp", weights)
   spec = {**spec, "format": FORMAT, "storage_dtype": storage_dtype,
           "weights_sha256": sha256(weights)}
-  for name, text in ((CARD, card), (SPEC, json.dumps(spec, indent=2))):
-    with open(os.path.join(directory, name + ".tmp"), "w") as f:
-      f.write(text)
-    os.replace(os.path.join(directory, name + ".tmp"), os.path.join(directory, name))
+  _write_texts(directory, {CARD: card, SPEC: json.dumps(spec, indent=2)})
+
+
+def update_spec(directory: str, changes: dict, card_addition: str = "") -> None:
+  """Rewrites a verified model folder's description with `changes` (top-level keys) and
+  appends `card_addition` to its card; the weights and their checksum stay as they are."""
+  folder = read(directory)
+  spec = {**folder.spec, **changes}
+  with open(os.path.join(directory, CARD)) as f:
+    card = f.read()
+  _write_texts(directory, {CARD: card + card_addition, SPEC: json.dumps(spec, indent=2)})
 
 
 def is_model_folder(path: str) -> bool:

@@ -114,3 +114,17 @@ def test_flip_tta_makes_a_network_flip_equivariant(written):
   found = predictor.load_model(written[0]).predict([image[0, ..., 0]], conf_threshold=0.0,
                                                    tta=True)[0]
   assert found.masks.shape[1:] == (64, 64) and len(found.scores) == len(found.masks)
+
+
+def test_update_spec_keeps_the_weights_and_their_checksum(written, tmp_path):
+  path, variables = written
+  copy = tmp_path / "copy"
+  model_folder.write(str(copy), SPEC, variables, "# card\n")
+  weights_before = (copy / model_folder.WEIGHTS).read_bytes()
+  model_folder.update_spec(str(copy), {"conf_threshold": 0.3, "postprocess": {"nms_iou": 0.5}},
+                           "\nrecalibrated\n")
+  folder = model_folder.read(str(copy))  # the checksum still verifies
+  assert folder.spec["conf_threshold"] == 0.3 and folder.spec["postprocess"] == {"nms_iou": 0.5}
+  assert (copy / model_folder.WEIGHTS).read_bytes() == weights_before
+  assert (copy / model_folder.CARD).read_text() == "# card\n\nrecalibrated\n"
+  assert predictor.load_model(str(copy)).settings.nms_iou == 0.5

@@ -82,6 +82,16 @@ def test_train_writes_a_model_folder_that_segment_and_evaluate_use(labeled_folde
     rows = list(csv.DictReader(f))
   assert list(rows[0]) == list(evaluate.COLUMNS) and rows[-1]["image"] == "pooled"
 
+  # Recalibrating at another NMS rewrites thresholds and settings, not the weights.
+  weights = (out / model_folder.WEIGHTS).read_bytes()
+  new = train_model.recalibrate(str(out), str(labeled_folder), 0.5, "recalibrate-test")
+  spec = model_folder.read(str(out)).spec
+  assert spec["postprocess"]["nms_iou"] == 0.5
+  assert (out / model_folder.WEIGHTS).read_bytes() == weights
+  assert spec["tta_conf_threshold"] == new[
+      "confidence threshold with --tta (chosen on the training images)"]
+  assert "recalibrate-test" in (out / "MODEL_CARD.md").read_text()
+
   # --init MODEL_DIR starts from that model's weights (all of them, not only the backbone).
   config = train_model.recipe_config(str(labeled_folder), 1, 0.5, str(out), scale="n")
   task = tasks.build(config)

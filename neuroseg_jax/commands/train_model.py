@@ -22,6 +22,7 @@ from neuroseg_jax import predictor
 from neuroseg_jax import runtime
 from neuroseg_jax import tasks
 from neuroseg_jax.data import images
+from neuroseg_jax.data import neuron_datasets
 from neuroseg_jax.errors import DataError
 from neuroseg_jax.evaluation import neuron_matching
 from neuroseg_jax.training import loop
@@ -98,6 +99,33 @@ def score(model: predictor.NeuronModel, samples) -> neuron_matching.Counts:
     counts = counts + neuron_matching.counts_from_iou(
         neuron_matching.mask_iou_matrix(kept, sample.masks))
   return counts
+
+
+def recalibrate(model_dir: str, data: str, nms_iou: float, command: str) -> dict:
+  """Chooses a model folder's confidence thresholds again (plain and with --tta) on the
+  labeled images of `data` with box NMS at `nms_iou`; rewrites its description and adds
+  a section to its card (the weights are unchanged). Returns the new scores."""
+  folder = model_folder.read(model_dir)
+  spec = {**folder.spec, "postprocess": {**folder.spec.get("postprocess", {}),
+                                         "nms_iou": nms_iou}}
+  model = predictor.NeuronModel(model_folder.ModelFolder(spec, folder.variables), model_dir)
+  samples = neuron_datasets.load_neuron_samples("yolo_folder", folder=data)
+  threshold, counts = calibrate(model, samples)
+  tta_threshold, tta_counts = calibrate(model, samples, tta=True)
+  scores = {"box NMS IoU": nms_iou,
+            "confidence threshold (chosen on the training images)": round(threshold, 3),
+            "training images F1 at it": round(counts.f1, 4),
+            "confidence threshold with --tta (chosen on the training images)":
+                round(tta_threshold, 3),
+            "training images F1 with --tta": round(tta_counts.f1, 4)}
+  card = "\n## Recalibrated (weights unchanged)\n\n" + f"- Command: `{command}`\n" + "".join(
+      f"- {name}: {value}\n" for name, value in scores.items())
+  model_folder.update_spec(model_dir, {"postprocess": spec["postprocess"],
+                                       "conf_threshold": threshold,
+                                       "tta_conf_threshold": tta_threshold,
+                                       "scores": {**folder.spec.get("scores", {}), **scores}},
+                           card)
+  return scores
 
 
 def train_model(data: str, out: str, num_steps: int = 400, val_fraction: float = 0.0,
