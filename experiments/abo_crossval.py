@@ -2,7 +2,7 @@
 
 For each fold k of --num_folds (default 5: 8 training / 2 test images):
   1. trains `configs/neuroseg3_seg.py:source=abo,fold=k,...` with the training
-     engine, on random native-scale crops of --image_size pixels (`crop_augment`);
+     engine, on random native-scale crops of --image_size pixels (the `abo` variant);
      a fold whose workdir already holds its final checkpoint is restored, not retrained;
   2. segments the fold's TRAINING images (whole fields of view, letterboxed to
      --eval_size; the network is fully convolutional) and picks the confidence
@@ -53,18 +53,6 @@ from neuroseg_jax.training import mesh as mesh_lib
 
 CONFIG = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file__))), "configs",
                       "neuroseg3_seg.py")
-ABO_FIELD = 487  # pixels per side of an abo275 image
-PHOTOMETRIC = "flip_lr|flip_ud|rot90|brightness(0.1)|contrast(0.2)|gamma(0.8,1.25)|noise(0.02)"
-
-
-def crop_augment(size: int, field: int = ABO_FIELD) -> str:
-  """Random windows of ~size x size pixels (area +-10%) of a field x field image,
-  resized to size: training at native scale, as whole fields are evaluated
-  (letterboxed to --eval_size 512: scale 1.05)."""
-  area = (size / field) ** 2
-  return f"resized_crop({0.9 * area:.4f},{min(1.1 * area, 1.0):.4f},size={size})|{PHOTOMETRIC}"
-
-
 def forward_ms_per_image(predict, samples: Sequence[neuron_evaluator.EvalSample],
                          batch_size: int, repeats: int = 3) -> float:
   """Wall-clock ms per image of the compiled network (a batch of the first samples)."""
@@ -121,12 +109,13 @@ def train_and_score(config: ml_collections.ConfigDict, workdir: str,
 
 
 def fold_config(args, fold: int) -> ml_collections.ConfigDict:
-  """`configs/neuroseg3_seg.py:source=abo,fold=...` with the crop augmentation."""
+  """`configs/neuroseg3_seg.py:abo,source=abo,fold=...`: the recipe's native-scale crops
+  of --image_size pixels, every other recipe value given explicitly."""
   config = config_loading.load_config(
-      f"{CONFIG}:source=abo,fold={fold},num_folds={args.num_folds},num_steps={args.steps},"
+      f"{CONFIG}:abo,source=abo,fold={fold},num_folds={args.num_folds},num_steps={args.steps},"
       f"batch_size={args.batch_size},image_size={args.image_size},eval_image_size={args.eval_size},"
-      f"lr={args.lr},seed={args.seed},scale={args.scale},val_images={args.val_images}")
-  config.data.augment = crop_augment(args.image_size)
+      f"lr={args.lr},seed={args.seed},scale={args.scale},val_images={args.val_images},"
+      f"nms_iou={args.nms_iou}")
   config.eval_every = 0  # the engine's own (test-tuned) evaluation only at the end
   config.eval.batch_size = args.eval_batch_size
   config.eval.figures = False
@@ -186,6 +175,8 @@ def build_parser(description: str = __doc__.split("\n")[0]) -> argparse.Argument
   parser.add_argument("--lr", type=float, default=2e-3, help="AdamW peak learning rate "
                       "(ultralytics' choice for short runs)")
   parser.add_argument("--seed", type=int, default=0)
+  parser.add_argument("--nms_iou", type=float, default=0.5,
+                      help="evaluation box NMS (the recipe's; runs before it used 0.7)")
   parser.add_argument("--flip_tta", action="store_true", help="evaluate (threshold "
                       "choice included) with test-time flips (evaluation/flip_tta.py)")
   parser.add_argument("--scale", default="s", help="model scale (s = NeuroSeg-III)")
