@@ -39,8 +39,8 @@ from neuroseg_jax.evaluation import figures
 from neuroseg_jax.evaluation import neuron_matching
 
 SUMMARY_SUFFIXES = (".jpg", ".jpeg", ".png")
-WHOLE_PIXEL_MOTION = True  # see data/movie_passes.py
 MOVIE_SUFFIXES = (".h5", ".hdf5")
+WHOLE_PIXEL_MOTION = True  # see data/movie_passes.py
 
 
 @dataclasses.dataclass
