@@ -2,7 +2,7 @@
 
 Simulates moving recordings (rigid sub-pixel motion of --motion_std px per axis and
 frame), writes each as a uint16 TIFF and segments it with the built-in model twice:
-frames moved back by whole pixels (the command's default, `WHOLE_PIXEL_MOTION`) and
+frames moved back by whole pixels (the command's default) and
 by bilinear interpolation. Prints F1 against the active cells and the median
 correlation of matched active cells' dF/F with the simulator's true dF/F.
 
@@ -24,8 +24,7 @@ from neuroseg_jax.evaluation import neuron_matching
 
 
 def run(path: str, recording, whole_pixels: bool, out: str) -> dict:
-  segment.WHOLE_PIXEL_MOTION = whole_pixels
-  (result,) = segment.segment([path], out, progress=False)
+  (result,) = segment.segment([path], out, progress=False, whole_pixel_motion=whole_pixels)
   truth = recording.masks[recording.active]
   counts = segment.score_against(result.files[0], truth)
   labels = tifffile.imread(result.files[0])

@@ -40,7 +40,6 @@ from neuroseg_jax.evaluation import neuron_matching
 
 SUMMARY_SUFFIXES = (".jpg", ".jpeg", ".png")
 MOVIE_SUFFIXES = (".h5", ".hdf5")
-WHOLE_PIXEL_MOTION = True  # see data/movie_passes.py
 
 
 @dataclasses.dataclass
@@ -100,7 +99,8 @@ class _CountedMovie(movies.Movie):
 
 def segment_input(path: Path, out: Path, model: predictor.NeuronModel, projection: str,
                   correct_motion: bool, write_nwb: bool, frame_rate: float,
-                  dataset: str | None, tta: bool = False, progress: bool = False) -> Segmented:
+                  dataset: str | None, tta: bool = False, progress: bool = False,
+                  whole_pixel_motion: bool = True) -> Segmented:
   """Segments one input and writes its files; returns what was written."""
   name = path.stem if path.is_file() else path.name
   if not is_movie(path):
@@ -114,7 +114,7 @@ def segment_input(path: Path, out: Path, model: predictor.NeuronModel, projectio
   with tqdm(total=2 * len(movie), unit="frame", desc=f"{name} (2 reads)", leave=False,
             disable=not progress) as bar:
     summary, movie = movie_passes.summarize(_CountedMovie(movie, bar), correct_motion,
-                                            WHOLE_PIXEL_MOTION)
+                                            whole_pixel_motion)
     result = _write_segmentation(out / name, model, summary[projection], summary, tta)
     traces = traces_lib.extract_traces(movie, result.masks,
                                        baseline_window=max(1, round(60 * frame_rate)))
@@ -146,8 +146,10 @@ def _write_segmentation(prefix: Path, model: predictor.NeuronModel, image: np.nd
 def segment(inputs: list[str], out: str, model_name: str = "builtin", projection: str = "corr",
             correct_motion: bool = True, write_nwb: bool = False, frame_rate: float = 30.0,
             dataset: str | None = None, progress: bool = True,
-            tta: bool = False) -> list[Segmented]:
-  """Checks every input first, then segments each into `out`; returns what was written."""
+            tta: bool = False, whole_pixel_motion: bool = True) -> list[Segmented]:
+  """Checks every input first, then segments each into `out`; returns what was written.
+  Frames are moved back by whole pixels unless `whole_pixel_motion` is False (bilinear;
+  `data/movie_passes.py`)."""
   paths = [Path(p) for p in inputs]
   for path in paths:
     if not path.exists():
@@ -160,7 +162,7 @@ def segment(inputs: list[str], out: str, model_name: str = "builtin", projection
   results = []
   for path in tqdm(paths, unit="input", disable=not progress):
     results.append(segment_input(path, Path(out), model, projection, correct_motion, write_nwb,
-                                 frame_rate, dataset, tta, progress))
+                                 frame_rate, dataset, tta, progress, whole_pixel_motion))
   return results
 
 
