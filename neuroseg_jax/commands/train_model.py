@@ -101,6 +101,18 @@ def score(model: predictor.NeuronModel, samples) -> neuron_matching.Counts:
   return counts
 
 
+def calibrated_thresholds(model: predictor.NeuronModel, samples) -> tuple[float, float, dict]:
+  """(threshold, threshold with --tta, their card entries) chosen on labeled samples."""
+  threshold, counts = calibrate(model, samples)
+  tta_threshold, tta_counts = calibrate(model, samples, tta=True)
+  return threshold, tta_threshold, {
+      "confidence threshold (chosen on the training images)": round(threshold, 3),
+      "training images F1 at it": round(counts.f1, 4),
+      "confidence threshold with --tta (chosen on the training images)":
+          round(tta_threshold, 3),
+      "training images F1 with --tta": round(tta_counts.f1, 4)}
+
+
 def recalibrate(model_dir: str, data: str, nms_iou: float, command: str) -> dict:
   """Chooses a model folder's confidence thresholds again (plain and with --tta) on the
   labeled images of `data` with box NMS at `nms_iou`; rewrites its description and adds
@@ -110,14 +122,8 @@ def recalibrate(model_dir: str, data: str, nms_iou: float, command: str) -> dict
                                          "nms_iou": nms_iou}}
   model = predictor.NeuronModel(model_folder.ModelFolder(spec, folder.variables), model_dir)
   samples = neuron_datasets.load_neuron_samples("yolo_folder", folder=data)
-  threshold, counts = calibrate(model, samples)
-  tta_threshold, tta_counts = calibrate(model, samples, tta=True)
-  scores = {"box NMS IoU": nms_iou,
-            "confidence threshold (chosen on the training images)": round(threshold, 3),
-            "training images F1 at it": round(counts.f1, 4),
-            "confidence threshold with --tta (chosen on the training images)":
-                round(tta_threshold, 3),
-            "training images F1 with --tta": round(tta_counts.f1, 4)}
+  threshold, tta_threshold, calibrated = calibrated_thresholds(model, samples)
+  scores = {"box NMS IoU": nms_iou, **calibrated}
   card = "\n## Recalibrated (weights unchanged)\n\n" + f"- Command: `{command}`\n" + "".join(
       f"- {name}: {value}\n" for name, value in scores.items())
   model_folder.update_spec(model_dir, {"postprocess": spec["postprocess"],
@@ -139,14 +145,8 @@ def train_model(data: str, out: str, num_steps: int = 400, val_fraction: float =
       {"params": state["params"], **state["model_state"]}))
   draft = predictor.NeuronModel(model_folder.ModelFolder(_spec(config, 0.0, 0.0), variables),
                                out)
-  threshold, train_counts = calibrate(draft, task.train_samples)
-  tta_threshold, tta_counts = calibrate(draft, task.train_samples, tta=True)
+  threshold, tta_threshold, scores = calibrated_thresholds(draft, task.train_samples)
   draft.conf_threshold = threshold
-  scores = {"confidence threshold (chosen on the training images)": round(threshold, 3),
-            "training images F1 at it": round(train_counts.f1, 4),
-            "confidence threshold with --tta (chosen on the training images)":
-                round(tta_threshold, 3),
-            "training images F1 with --tta": round(tta_counts.f1, 4)}
   if task.val_samples:
     counts = score(draft, task.val_samples)
     scores.update({"validation images": ", ".join(s.name for s in task.val_samples),
