@@ -88,8 +88,8 @@ class FirstFrames(Movie):
     self.source, self.dtype = movie.source, movie.dtype
     self.shape = (min(count, len(movie)), *movie.shape[1:])
 
-  def _read(self, start, stop):
-    return self._movie[start:stop]
+  def read_native(self, start, stop):
+    return self._movie.read_native(start, min(stop, len(self)))
 
 
 class PeakAnonymousMemory:

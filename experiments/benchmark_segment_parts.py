@@ -41,6 +41,7 @@ def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--frames", type=int, default=1500)
   parser.add_argument("--folder", type=Path, required=True)
+  parser.add_argument("--keep", action="store_true", help="keep the generated TIFF")
   args = parser.parse_args()
   size, count = 487, args.frames
   args.folder.mkdir(parents=True, exist_ok=True)
@@ -78,7 +79,8 @@ def main():
   _, corrected = timed("read 1: motion + summary images", count,
                        lambda: movie_passes.summarize(movie))
   timed("read 2: traces", count, lambda: traces.extract_traces(corrected, masks))
-  path.unlink()
+  if not args.keep:
+    path.unlink()
 
 
 if __name__ == "__main__":

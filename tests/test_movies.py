@@ -8,7 +8,7 @@ import pytest
 import tifffile
 
 from neuroseg_jax.errors import DataError
-from neuroseg_jax.data.movies import ArrayMovie, ReadAhead, StackMovie, open_movie
+from neuroseg_jax.data.movies import ArrayMovie, StackMovie, open_movie, stream_chunks
 from neuroseg_jax.data.stacks import Hdf5Stack, SliceFolderStack, TiffStack
 
 
@@ -192,23 +192,40 @@ class _ThreadRecordingMovie(ArrayMovie):
     return frames
 
 
-def test_read_ahead_serves_the_same_frames_from_one_background_thread():
+def test_stream_chunks_reads_every_frame_once_on_one_background_thread():
   array = np.random.default_rng(0).random((23, 5, 6)).astype(np.float32)
   inner = _ThreadRecordingMovie(array)
-  movie = ReadAhead(inner)
-  sequential = np.concatenate([movie[t:t + 4] for t in range(0, 23, 4)])
-  np.testing.assert_array_equal(sequential, array)
-  np.testing.assert_array_equal(movie[7:9], array[7:9])  # out of order: read directly
-  np.testing.assert_array_equal(movie[3], array[3])
+  chunks = [(chunk.copy(), n) for chunk, n in stream_chunks(inner, 4, border=1)]
+  assert [n for _, n in chunks] == [4] * 5 + [3]
+  served = np.concatenate([chunk[:n, 1:-1, 1:-1] for chunk, n in chunks])
+  np.testing.assert_array_equal(served, array)
+  assert all(chunk.shape == (4, 7, 8) for chunk, _ in chunks)
+  borders = np.concatenate([np.ravel(c[:, [0, -1]]) for c, _ in chunks] +
+                           [np.ravel(c[:, :, [0, -1]]) for c, _ in chunks])
+  assert not borders.any()
+  np.testing.assert_array_equal(chunks[-1][0][3, 1:-1, 1:-1], array[20])  # padded: first frame
+  assert [(a, b) for _, a, b in inner.reads] == [(t, min(t + 4, 23)) for t in range(0, 23, 4)]
   threads = {thread for thread, _, _ in inner.reads}
-  assert threads and threading.get_ident() not in threads and len(threads) == 1
-  assert (4, 8) in [(a, b) for _, a, b in inner.reads]  # read ahead after [0, 4)
-  movie.close()
+  assert len(threads) == 1 and threading.get_ident() not in threads
 
 
-def test_read_ahead_reports_a_bad_chunk_when_it_is_read():
+def test_stream_chunks_fills_the_last_chunk_and_waits_before_reusing_a_buffer():
+  array = np.arange(10 * 2 * 2, dtype=np.float32).reshape(10, 2, 2)
+  fill = np.full((2, 2), -1.0, np.float32)
+  waits = []
+  stream = stream_chunks(ArrayMovie(array), 4, fill=fill, wait=lambda: waits.append(1))
+  chunks = []
+  for chunk, n_valid in stream:
+    chunks.append((chunk.copy(), n_valid))
+    assert len(waits) == min(len(chunks), 2)  # called before the next read is started
+  np.testing.assert_array_equal(chunks[-1][0][2:], np.broadcast_to(fill, (2, 2, 2)))
+  np.testing.assert_array_equal(chunks[-1][0][:2], array[8:])
+
+
+def test_stream_chunks_reports_a_bad_chunk_when_it_is_reached():
   array = np.ones((12, 4, 4), np.float32)
-  movie = ReadAhead(_ThreadRecordingMovie(array, bad=6))
-  np.testing.assert_array_equal(movie[0:4], array[:4])  # [4, 8) is read ahead, NaN inside
+  stream = stream_chunks(_ThreadRecordingMovie(array, bad=6), 4)
+  chunk, _ = next(stream)  # [4, 8) is read ahead, NaN inside
+  np.testing.assert_array_equal(chunk, array[:4])
   with pytest.raises(DataError, match="frame 6"):
-    movie[4:8]
+    next(stream)

@@ -88,9 +88,9 @@ class _CountedMovie(movies.Movie):
     self._movie, self._bar = movie, bar
     self.source, self.shape, self.dtype = movie.source, movie.shape, movie.dtype
 
-  def _read(self, start: int, stop: int) -> np.ndarray:
-    frames = self._movie[start:stop]
-    self._bar.update(min(stop - start, self._bar.total - self._bar.n))
+  def read_native(self, start: int, stop: int) -> np.ndarray:
+    frames = self._movie.read_native(start, stop)
+    self._bar.update(min(len(frames), self._bar.total - self._bar.n))
     return frames
 
   def close(self) -> None:

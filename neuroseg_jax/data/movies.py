@@ -6,6 +6,9 @@ read from disk only when sliced, so summary images can stream a 487x487x23,000
 recording chunk by chunk. Each chunk read is checked for NaN/inf, which costs one
 pass over frames that are being read anyway.
 
+`stream_chunks(movie, n)` reads a movie chunk by chunk into two reused buffers,
+one chunk ahead on a background thread, for the streamed passes over a recording.
+
 `open_movie(path)` reads any stack `stacks.open_stack` reads (the file formats and
 their checks live there, shared with EM volumes); HDF5 movies default to the
 dataset "mov" of the ABO / SUNS layout.
@@ -15,6 +18,7 @@ from __future__ import annotations
 
 import concurrent.futures
 from pathlib import Path
+from typing import Callable, Iterator
 
 import numpy as np
 
@@ -35,8 +39,11 @@ def check_finite(source, values: np.ndarray, first_frame: int = 0) -> None:
 class Movie:
   """A lazily read movie [T, H, W].
 
-  Subclasses set `source`, `shape`, `dtype` (checked by `stacks.check_stack`) and
-  implement `_read(start, stop)` returning the native-dtype frames [stop - start, H, W].
+  Readers of files set `source`, `shape`, `dtype` (checked by `stacks.check_stack`)
+  and implement `_read(start, stop)` returning the native-dtype frames
+  [stop - start, H, W]. Movies that transform another one's frames (e.g. motion
+  correction) override `read_into` instead, so each frame is written once, straight
+  into the caller's buffer.
   """
 
   source: str
@@ -49,6 +56,17 @@ class Movie:
   def __len__(self) -> int:
     return self.shape[0]
 
+  def read_native(self, start: int, stop: int) -> np.ndarray:
+    """Frames [start, min(stop, T)) in the file's dtype [n, H, W], checked for NaN/inf."""
+    frames = np.asarray(self._read(start, min(stop, len(self))))
+    check_finite(self.source, frames, start)
+    return frames
+
+  def read_into(self, start: int, stop: int, out: np.ndarray) -> None:
+    """Writes frames [start, stop) into `out` [stop - start, H, W] (float32, any
+    strides), converting from the native dtype in the same copy."""
+    out[...] = self.read_native(start, stop)
+
   def __getitem__(self, index) -> np.ndarray:
     """movie[t0:t1] -> [n, H, W] float32; movie[t] -> [H, W] float32."""
     if isinstance(index, (int, np.integer)):
@@ -60,9 +78,9 @@ class Movie:
       raise TypeError(f"movies are sliced with t0:t1 (step 1), got {index!r}")
     start, stop, _ = index.indices(len(self))
     stop = max(start, stop)
-    frames = np.asarray(self._read(start, stop))
-    check_finite(self.source, frames, start)
-    return frames.astype(np.float32, copy=False)
+    frames = np.empty((stop - start, *self.shape[1:]), np.float32)
+    self.read_into(start, stop, frames)
+    return frames
 
   def __array__(self, dtype=None, copy=None):
     frames = self[:]
@@ -118,39 +136,52 @@ def open_movie(path, **reader_args) -> Movie:
   return StackMovie(stacks.open_stack(path, **reader_args))
 
 
-class ReadAhead(Movie):
-  """`movie` read one chunk ahead in a background thread: after serving frames
-  [t0, t1), it starts reading [t1, 2 t1 - t0) (and whatever processing `movie`'s reads
-  do, e.g. motion correction), so a sequential pass overlaps reading with the
-  caller's work on the previous chunk. Other access patterns are served directly.
+def _aligned_buffer(shape, dtype=np.float32, alignment: int = 64) -> np.ndarray:
+  """An uninitialised host array whose data starts on an `alignment`-byte boundary
+  (so XLA:CPU can use it without a copy)."""
+  nbytes = int(np.prod(shape)) * np.dtype(dtype).itemsize
+  raw = np.empty(nbytes + alignment, np.uint8)
+  offset = -raw.ctypes.data % alignment
+  return raw[offset:offset + nbytes].view(dtype).reshape(shape)
 
-  Every read of `movie` runs on the one background thread, so readers that are not
-  thread-safe stay correct; memory is at most one chunk more. NumPy, tifffile and
-  scipy.fft release the GIL for the heavy parts, so on 2 cores the two overlap.
+
+def stream_chunks(movie, chunk_size: int, border: int = 0, fill=None,
+                  wait: Callable[[], object] = lambda: None) -> Iterator[tuple[np.ndarray, int]]:
+  """Yields (frames [chunk_size, H + 2 border, W + 2 border] float32, n_valid): the
+  movie's consecutive chunks, each frame inside a `border` of zeros, the last chunk
+  padded after its n_valid real frames with copies of `fill` [H, W] (None: of its
+  first frame).
+
+  Two reused, 64-byte aligned buffers alternate, and the next chunk is read into one
+  on a background thread (`movie.read_into`: reading, motion correction and the cast
+  to float32 in one copy) while the caller works on the other: on 2 cores, reading
+  overlaps the arithmetic and no frame is copied twice. The caller must be done with
+  a yielded buffer before it asks for the next chunk but one; `wait()` is called
+  before a buffer is refilled and must block until then (e.g. `jax.block_until_ready`
+  on a step that uses the buffer without a copy). A chunk that cannot be read raises
+  when it is reached.
   """
+  movie = as_movie(movie)
+  num_frames, height, width = movie.shape
+  starts = range(0, num_frames, chunk_size)
+  buffers = []
+  for _ in range(min(2, len(starts))):
+    buffers.append(_aligned_buffer((chunk_size, height + 2 * border, width + 2 * border)))
+    buffers[-1][...] = 0.0
 
-  def __init__(self, movie):
-    self._movie = as_movie(movie)
-    self.source, self.shape, self.dtype = self._movie.source, self._movie.shape, np.float32
-    self._executor = concurrent.futures.ThreadPoolExecutor(max_workers=1)
-    self._pending: tuple[int, int, concurrent.futures.Future] | None = None
+  def read(index: int) -> int:
+    start = starts[index]
+    stop = min(start + chunk_size, num_frames)
+    frames = buffers[index % 2][:, border:border + height, border:border + width]
+    movie.read_into(start, stop, frames[:stop - start])
+    frames[stop - start:] = frames[0] if fill is None else fill
+    return stop - start
 
-  def _read(self, start: int, stop: int) -> np.ndarray:
-    pending, self._pending = self._pending, None
-    if pending is not None and pending[:2] == (start, stop):
-      frames = pending[2].result()
-    else:
-      if pending is not None:
-        pending[2].cancel()
-      frames = self._executor.submit(self._movie.__getitem__, slice(start, stop)).result()
-    following = (stop, min(2 * stop - start, len(self)))
-    if following[0] < following[1]:
-      self._pending = (*following, self._executor.submit(self._movie.__getitem__,
-                                                         slice(*following)))
-    return frames
-
-  def close(self) -> None:
-    if self._pending is not None:
-      self._pending[2].cancel()
-    self._executor.shutdown(wait=True)
-    self._movie.close()
+  with concurrent.futures.ThreadPoolExecutor(max_workers=1) as executor:
+    pending = executor.submit(read, 0) if starts else None
+    for index in range(len(starts)):
+      n_valid = pending.result()
+      if index + 1 < len(starts):
+        wait()
+        pending = executor.submit(read, index + 1)
+      yield buffers[index % 2], n_valid

@@ -26,20 +26,21 @@ Per ROI i and frame t (all [N, T] float32):
 
 The ROI means and annulus means are rows of one sparse matrix [2N, H*W] (weights
 1 / pixel count), applied frame by frame to `chunk_size` frames read at a time
-(per-frame sparse mat-vec products measured ~2x faster than one product with the
-transposed chunk, which must be copied), so memory is one chunk plus the [N, T]
-outputs, and chunking cannot change the result.
+(per-frame sparse mat-vec products measured faster than one product with the
+transposed chunk, which must be copied), on two threads, so memory is two chunks
+plus the [N, T] outputs, and chunking cannot change the result.
 """
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 
 import numpy as np
 import scipy.ndimage
 import scipy.sparse
 
-from neuroseg_jax.data.movies import as_movie
+from neuroseg_jax.data.movies import as_movie, stream_chunks
 from neuroseg_jax.errors import DataError
 
 DEFAULT_CHUNK_SIZE = 50  # frames read at a time; 200 measured ~2x slower (bigger buffers).
@@ -109,6 +110,29 @@ def _mean_operator(masks: np.ndarray) -> scipy.sparse.csr_matrix:
   return flat
 
 
+def _apply_per_frame(operator: scipy.sparse.csr_matrix, movie, chunk_size: int) -> np.ndarray:
+  """operator [K, H*W] applied to every frame of movie [T, H, W] -> [K, T] float32.
+
+  Chunks are read one ahead on a background thread (`movies.stream_chunks`), and
+  each chunk's frames are split between the calling thread and one worker (scipy's
+  sparse product releases the GIL: ~1.9x faster on 2 cores).
+  """
+  means = np.empty((operator.shape[0], len(movie)), np.float32)
+
+  def apply(frames: np.ndarray, first: int) -> None:
+    for t, frame in enumerate(frames.reshape(len(frames), -1), first):
+      means[:, t] = operator @ frame
+
+  with concurrent.futures.ThreadPoolExecutor(max_workers=1) as worker:
+    for start, (chunk, n_valid) in zip(range(0, len(movie), chunk_size),
+                                       stream_chunks(movie, chunk_size)):
+      half = n_valid // 2
+      other = worker.submit(apply, chunk[half:n_valid], start + half)
+      apply(chunk[:half], start)
+      other.result()
+  return means
+
+
 def running_percentile(traces: np.ndarray, window: int, percentile: float) -> np.ndarray:
   """[N, T] -> [N, T] float32: the `percentile` of each trace over a `window`-frame
   window around each frame, evaluated every window / 20 frames and interpolated
@@ -146,11 +170,7 @@ def extract_traces(movie, masks, neuropil_coefficient: float = 0.7,
                   neuropil_coefficient=float(neuropil_coefficient))
   annuli = neuropil_masks(masks, inner_gap, outer_radius, min_neuropil_pixels)
   operator = _mean_operator(np.concatenate([masks, annuli]))
-  means = np.empty((operator.shape[0], len(movie)), np.float32)
-  for start in range(0, len(movie), chunk_size):
-    chunk = movie[start:start + chunk_size]
-    for t, frame in enumerate(chunk.reshape(len(chunk), -1), start):
-      means[:, t] = operator @ frame
+  means = _apply_per_frame(operator, movie, chunk_size)
   raw, neuropil = means[:len(masks)], means[len(masks):]
   corrected = raw - np.float32(neuropil_coefficient) * neuropil
   floor = np.maximum(_F0_FLOOR_FRACTION * np.median(raw, axis=1, keepdims=True), 1e-6)
