@@ -146,11 +146,13 @@ def _aligned_buffer(shape, dtype=np.float32, alignment: int = 64) -> np.ndarray:
 
 
 def stream_chunks(movie, chunk_size: int, border: int = 0, fill=None,
-                  wait: Callable[[], object] = lambda: None) -> Iterator[tuple[np.ndarray, int]]:
-  """Yields (frames [chunk_size, H + 2 border, W + 2 border] float32, n_valid): the
-  movie's consecutive chunks, each frame inside a `border` of zeros, the last chunk
-  padded after its n_valid real frames with copies of `fill` [H, W] (None: of its
-  first frame).
+                  wait: Callable[[], object] = lambda: None,
+                  frames_last: bool = False) -> Iterator[tuple[np.ndarray, int]]:
+  """Yields (frames, n_valid): the movie's consecutive chunks as float32 arrays
+  [chunk_size, H + 2 border, W + 2 border] (with `frames_last`: [H + 2 border,
+  W + 2 border, chunk_size], each pixel's values of the chunk side by side), each
+  frame inside a `border` of zeros, the last chunk padded after its n_valid real
+  frames with copies of `fill` [H, W] (None: of its first frame).
 
   Two reused, 64-byte aligned buffers alternate, and the next chunk is read into one
   on a background thread (`movie.read_into`: reading, motion correction and the cast
@@ -164,15 +166,19 @@ def stream_chunks(movie, chunk_size: int, border: int = 0, fill=None,
   movie = as_movie(movie)
   num_frames, height, width = movie.shape
   starts = range(0, num_frames, chunk_size)
+  frame_shape = (height + 2 * border, width + 2 * border)
   buffers = []
   for _ in range(min(2, len(starts))):
-    buffers.append(_aligned_buffer((chunk_size, height + 2 * border, width + 2 * border)))
+    shape = (*frame_shape, chunk_size) if frames_last else (chunk_size, *frame_shape)
+    buffers.append(_aligned_buffer(shape))
     buffers[-1][...] = 0.0
 
   def read(index: int) -> int:
     start = starts[index]
     stop = min(start + chunk_size, num_frames)
-    frames = buffers[index % 2][:, border:border + height, border:border + width]
+    frames = buffers[index % 2]
+    frames = frames.transpose(2, 0, 1) if frames_last else frames  # [chunk_size, H', W'] view
+    frames = frames[:, border:border + height, border:border + width]
     movie.read_into(start, stop, frames[:stop - start])
     frames[stop - start:] = frames[0] if fill is None else fill
     return stop - start

@@ -25,15 +25,13 @@ Per ROI i and frame t (all [N, T] float32):
 `mean_intensity` [N] is the time average of `raw`, for the ROI table.
 
 The ROI means and annulus means are rows of one sparse matrix [2N, H*W] (weights
-1 / pixel count), applied frame by frame to `chunk_size` frames read at a time
-(per-frame sparse mat-vec products measured faster than one product with the
-transposed chunk, which must be copied), on two threads, so memory is two chunks
-plus the [N, T] outputs, and chunking cannot change the result.
+1 / pixel count), applied to `chunk_size` frames at a time, read side by side
+into a pixels-by-frames buffer, so memory is two chunks plus the [N, T] outputs,
+and chunking cannot change the result.
 """
 
 from __future__ import annotations
 
-import concurrent.futures
 import dataclasses
 
 import numpy as np
@@ -43,7 +41,7 @@ import scipy.sparse
 from neuroseg_jax.data.movies import as_movie, stream_chunks
 from neuroseg_jax.errors import DataError
 
-DEFAULT_CHUNK_SIZE = 50  # frames read at a time; 200 measured ~2x slower (bigger buffers).
+DEFAULT_CHUNK_SIZE = 16  # frames read and multiplied at a time (8: ~1.3x slower).
 _BASELINE_EVALUATIONS = 20  # per window; F0 is interpolated in between.
 _F0_FLOOR_FRACTION = 0.01  # of the ROI's median raw fluorescence.
 
@@ -110,26 +108,20 @@ def _mean_operator(masks: np.ndarray) -> scipy.sparse.csr_matrix:
   return flat
 
 
-def _apply_per_frame(operator: scipy.sparse.csr_matrix, movie, chunk_size: int) -> np.ndarray:
+def _apply_to_frames(operator: scipy.sparse.csr_matrix, movie, chunk_size: int) -> np.ndarray:
   """operator [K, H*W] applied to every frame of movie [T, H, W] -> [K, T] float32.
 
-  Chunks are read one ahead on a background thread (`movies.stream_chunks`), and
-  each chunk's frames are split between the calling thread and one worker (scipy's
-  sparse product releases the GIL: ~1.9x faster on 2 cores).
+  Chunks are read one ahead on a background thread (`movies.stream_chunks`) into a
+  pixels-by-frames buffer [H*W, chunk_size], so one sparse product serves the whole
+  chunk and streams the operator once per chunk instead of once per frame.
+  Measured per 487 x 487 frame with ~210,000 nonzeros: 0.09 ms for the product of
+  16 frames at a time and 0.15 ms to write them side by side, against 0.48 ms for
+  per-frame products.
   """
   means = np.empty((operator.shape[0], len(movie)), np.float32)
-
-  def apply(frames: np.ndarray, first: int) -> None:
-    for t, frame in enumerate(frames.reshape(len(frames), -1), first):
-      means[:, t] = operator @ frame
-
-  with concurrent.futures.ThreadPoolExecutor(max_workers=1) as worker:
-    for start, (chunk, n_valid) in zip(range(0, len(movie), chunk_size),
-                                       stream_chunks(movie, chunk_size)):
-      half = n_valid // 2
-      other = worker.submit(apply, chunk[half:n_valid], start + half)
-      apply(chunk[:half], start)
-      other.result()
+  for start, (chunk, n_valid) in zip(range(0, len(movie), chunk_size),
+                                     stream_chunks(movie, chunk_size, frames_last=True)):
+    means[:, start:start + n_valid] = (operator @ chunk.reshape(-1, chunk_size))[:, :n_valid]
   return means
 
 
@@ -170,7 +162,7 @@ def extract_traces(movie, masks, neuropil_coefficient: float = 0.7,
                   neuropil_coefficient=float(neuropil_coefficient))
   annuli = neuropil_masks(masks, inner_gap, outer_radius, min_neuropil_pixels)
   operator = _mean_operator(np.concatenate([masks, annuli]))
-  means = _apply_per_frame(operator, movie, chunk_size)
+  means = _apply_to_frames(operator, movie, chunk_size)
   raw, neuropil = means[:len(masks)], means[len(masks):]
   corrected = raw - np.float32(neuropil_coefficient) * neuropil
   floor = np.maximum(_F0_FLOOR_FRACTION * np.median(raw, axis=1, keepdims=True), 1e-6)
