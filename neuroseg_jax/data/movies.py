@@ -122,7 +122,7 @@ class StackMovie(Movie):
     self.source, self.shape, self.dtype = stack.source, stack.shape, stack.dtype
 
   def _read(self, start: int, stop: int) -> np.ndarray:
-    return self.stack.read(start, stop)
+    return self.stack.view(start, stop)  # only read (and copied) by the callers
 
   def close(self) -> None:
     self.stack.close()

@@ -86,6 +86,11 @@ class Stack(abc.ABC):
   def read(self, start: int, stop: int, rows: slice = _ALL, cols: slice = _ALL) -> np.ndarray:
     """Items start..stop-1 (0 <= start <= stop <= N) -> [stop - start, h, w], native dtype."""
 
+  def view(self, start: int, stop: int) -> np.ndarray:
+    """Items start..stop-1 [stop - start, H, W], native dtype, not to be written to:
+    a view of the file's memory map where it has one (no copy), else `read`."""
+    return self.read(start, stop)
+
   def close(self) -> None:
     """Releases open file handles (no-op for readers that hold none)."""
 
@@ -236,6 +241,9 @@ class TiffStack(Stack):
       if (page.shape, page.dtype) != (frame_shape, dtype):
         raise DataError(self.source, f"page {index} is {page.shape} {page.dtype}, but page 0 "
                         f"is {frame_shape} {dtype}")
+
+  def view(self, start, stop):
+    return self.read(start, stop) if self._array is None else self._array[start:stop]
 
   def read(self, start, stop, rows=_ALL, cols=_ALL):
     if self._array is not None:
