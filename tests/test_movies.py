@@ -1,5 +1,6 @@
 """Movie readers: each layout on small files, the real SIMA movie, and bad input."""
 
+import struct
 import threading
 
 import h5py
@@ -9,6 +10,7 @@ import tifffile
 
 from neuroseg_jax.errors import DataError
 from neuroseg_jax.data.movies import ArrayMovie, StackMovie, open_movie, stream_chunks
+from neuroseg_jax.data import stacks
 from neuroseg_jax.data.stacks import Hdf5Stack, SliceFolderStack, TiffStack
 
 
@@ -34,6 +36,31 @@ def test_contiguous_tiff_is_memory_mapped(tmp_path, frames):
   assert chunk.dtype == np.float32
   np.testing.assert_array_equal(chunk, frames[2:5])
   np.testing.assert_array_equal(movie[-1], frames[6])
+
+
+@pytest.mark.parametrize("imagej", [False, True])
+def test_described_block_is_mapped_without_parsing_pages(tmp_path, frames, monkeypatch, imagej):
+  tifffile.imwrite(tmp_path / "m.tif", frames, imagej=imagej)
+  monkeypatch.setattr(stacks, "_scan", None)  # parsing the pages would fail
+  movie = open_movie(tmp_path / "m.tif")
+  assert isinstance(movie.stack._array, np.memmap)
+  np.testing.assert_array_equal(movie[:], frames)
+
+
+def test_broken_page_chain_is_parsed_and_reported(tmp_path, frames, monkeypatch):
+  path = tmp_path / "m.tif"
+  tifffile.imwrite(path, frames)
+  with tifffile.TiffFile(path) as tiff:  # point page 3's "next page" link past the end
+    layout, page = tiff.tiff, tiff.pages[3]
+    link = page.offset + layout.tagnosize + len(page.tags) * layout.tagsize
+  data = bytearray(path.read_bytes())
+  struct.pack_into(layout.offsetformat, data, link, len(data) + 100)
+  path.write_bytes(bytes(data))
+  scanned = []
+  monkeypatch.setattr(stacks, "_scan", lambda p, scan=stacks._scan: scanned.append(p) or scan(p))
+  with pytest.raises(DataError, match="m.tif: truncated or corrupt TIFF"):
+    open_movie(path)
+  assert scanned == [path]
 
 
 def test_compressed_tiff_is_read_page_by_page(tmp_path, frames):

@@ -30,7 +30,9 @@ from __future__ import annotations
 import abc
 import contextlib
 import logging
+import mmap
 import re
+import struct
 import threading
 import warnings
 from pathlib import Path
@@ -178,6 +180,25 @@ def _scan(path: Path) -> tuple[tifffile.TiffFile, list[_Page], int, bool, list[s
   return tiff, pages, promised, one_block, logged
 
 
+def _count_ifds(path: Path, layout, first: int, limit: int) -> int:
+  """Number of image file directories (page headers) chained from offset `first`, up
+  to the first one that does not lie wholly inside the file and at most `limit` (a
+  loop in the chain stops there); `layout` is tifffile's TiffFormat (byte order,
+  offset and tag sizes)."""
+  count_format, offset_format = layout.tagnoformat, layout.offsetformat  # with the byte order
+  with open(path, "rb") as file, mmap.mmap(file.fileno(), 0, access=mmap.ACCESS_READ) as data:
+    offset, count = first, 0
+    while offset and count < limit:
+      if offset + layout.tagnosize > len(data):
+        break
+      tags = struct.unpack_from(count_format, data, offset)[0]
+      next_at = offset + layout.tagnosize + tags * layout.tagsize
+      if next_at + layout.offsetsize > len(data):
+        break
+      offset, count = struct.unpack_from(offset_format, data, next_at)[0], count + 1
+  return count
+
+
 class TiffStack(Stack):
   """A multipage TIFF of 2-D grayscale pages, one page per item.
 
@@ -191,8 +212,11 @@ class TiffStack(Stack):
     path = require_file(path)
     self.source = str(path)
     self._tiff, self._array, self._lock = None, None, threading.Lock()
+    self._accepted = set()
+    if self._map_described_block(path):
+      return
     tiff, pages, promised, one_block, logged = _scan(path)
-    self._accepted = set(logged)  # reported (and, if allow_truncated, accepted) on opening.
+    self._accepted.update(logged)  # reported (and, if allow_truncated, accepted) on opening.
     try:
       self._check_pages(pages, promised, logged)
       frame_bytes = int(np.prod(pages[0].shape)) * self.dtype.itemsize
@@ -225,6 +249,33 @@ class TiffStack(Stack):
                               pages[0].start, self.shape)
     else:
       self._tiff = tiff
+
+  def _map_described_block(self, path: Path) -> bool:
+    """Memory-maps the file without parsing its pages when tifffile's own metadata
+    (tifffile's "shape" or ImageJ's) describe one uncompressed block of [N, H, W]
+    pixels that the file holds completely, behind an intact chain of N (or, ImageJ
+    over 4 GB, one) page headers; returns whether it did. Parsing the pages of a
+    23,000-page file takes ~1.3 s; this takes ~0.05 s. Anything else (no such
+    metadata, a cut file, a broken chain) goes through the full scan and its checks."""
+    with _tifffile_log() as logged:
+      try:
+        with tifffile.TiffFile(path) as tiff:
+          series = tiff.series[0] if (tiff.is_shaped or tiff.is_imagej) and tiff.series else None
+          if series is None or series.dataoffset is None or len(series.shape) != 3:
+            return False
+          shape, dtype, offset = series.shape, series.dtype, series.dataoffset
+          byteorder, ifds = tiff.byteorder, _count_ifds(path, tiff.tiff, tiff.pages.first.offset,
+                                                        limit=shape[0] + 1)
+      except Exception:  # pylint: disable=broad-except  (the full scan reports it)
+        return False
+    if logged or shape[0] < 2 or dtype.kind not in "uif" or ifds not in (1, shape[0]):
+      return False
+    if offset + int(np.prod(shape)) * dtype.itemsize > path.stat().st_size:
+      return False
+    self.dtype = check_pixel_dtype(self.source, dtype)
+    self.shape = tuple(int(n) for n in shape)
+    self._array = np.memmap(path, self.dtype.newbyteorder(byteorder), "r", offset, self.shape)
+    return True
 
   def _check_pages(self, pages: list[_Page], promised: int, logged: list[str]) -> None:
     """Sets `dtype`; DataError unless the pages are 2-D, alike, and more than one."""
