@@ -175,11 +175,19 @@ def _parabola_offset(before: np.ndarray, peak: np.ndarray, after: np.ndarray) ->
 
 
 def _default_reference(movie: Movie, num_frames: int, correlator_args: dict) -> np.ndarray:
-  """Mean of the first frames, aligned once to their own mean and averaged again."""
-  first = movie[:num_frames]
-  mean = first.mean(axis=0)
-  shifts = _PhaseCorrelator(movie.source, mean, **correlator_args).shifts(first)
-  return shift_frames(first, shifts).mean(axis=0)
+  """Mean of the first frames, aligned once to their own mean and averaged again
+  (chunk by chunk through one reused buffer)."""
+  starts = range(0, min(num_frames, len(movie)), DEFAULT_CHUNK_SIZE)
+  stops = [min(start + DEFAULT_CHUNK_SIZE, num_frames, len(movie)) for start in starts]
+  total = sum(movie.read_native(a, b).sum(axis=0, dtype=np.float64) for a, b in zip(starts, stops))
+  correlator = _PhaseCorrelator(movie.source, (total / stops[-1]).astype(np.float32),
+                                **correlator_args)
+  buffer = np.empty((DEFAULT_CHUNK_SIZE, *movie.shape[1:]), np.float32)
+  aligned = np.zeros(movie.shape[1:], np.float64)
+  for start, stop in zip(starts, stops):
+    frames = movie.read_native(start, stop)
+    aligned += shift_frames(frames, correlator.shifts(frames), buffer[:stop - start]).sum(axis=0)
+  return (aligned / stops[-1]).astype(np.float32)
 
 
 def _correlator(movie: Movie, reference: np.ndarray | None, reference_frames: int,

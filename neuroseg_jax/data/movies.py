@@ -146,8 +146,8 @@ def _aligned_buffer(shape, dtype=np.float32, alignment: int = 64) -> np.ndarray:
 
 
 def stream_chunks(movie, chunk_size: int, border: int = 0, fill=None,
-                  wait: Callable[[], object] = lambda: None,
-                  frames_last: bool = False) -> Iterator[tuple[np.ndarray, int]]:
+                  wait: Callable[[], object] = lambda: None, frames_last: bool = False,
+                  readers: int = 1) -> Iterator[tuple[np.ndarray, int]]:
   """Yields (frames, n_valid): the movie's consecutive chunks as float32 arrays
   [chunk_size, H + 2 border, W + 2 border] (with `frames_last`: [H + 2 border,
   W + 2 border, chunk_size], each pixel's values of the chunk side by side), each
@@ -155,13 +155,13 @@ def stream_chunks(movie, chunk_size: int, border: int = 0, fill=None,
   frames with copies of `fill` [H, W] (None: of its first frame).
 
   Two reused, 64-byte aligned buffers alternate, and the next chunk is read into one
-  on a background thread (`movie.read_into`: reading, motion correction and the cast
-  to float32 in one copy) while the caller works on the other: on 2 cores, reading
-  overlaps the arithmetic and no frame is copied twice. The caller must be done with
-  a yielded buffer before it asks for the next chunk but one; `wait()` is called
-  before a buffer is refilled and must block until then (e.g. `jax.block_until_ready`
-  on a step that uses the buffer without a copy). A chunk that cannot be read raises
-  when it is reached.
+  on background threads (`movie.read_into`: reading, motion correction and the cast
+  to float32 in one copy; `readers` threads share each chunk's frames) while the
+  caller works on the other: on 2 cores, reading overlaps the arithmetic and no
+  frame is copied twice. The caller must be done with a yielded buffer before it asks
+  for the next chunk but one; `wait()` is called before a buffer is refilled and
+  must block until then (e.g. `jax.block_until_ready` on a step that uses the buffer
+  without a copy). A chunk that cannot be read raises when it is reached.
   """
   movie = as_movie(movie)
   num_frames, height, width = movie.shape
@@ -173,21 +173,28 @@ def stream_chunks(movie, chunk_size: int, border: int = 0, fill=None,
     buffers.append(_aligned_buffer(shape))
     buffers[-1][...] = 0.0
 
-  def read(index: int) -> int:
-    start = starts[index]
-    stop = min(start + chunk_size, num_frames)
+  def frames_of(index: int) -> np.ndarray:
+    """[chunk_size, H, W] view of the frames in the buffer of chunk `index`."""
     frames = buffers[index % 2]
-    frames = frames.transpose(2, 0, 1) if frames_last else frames  # [chunk_size, H', W'] view
-    frames = frames[:, border:border + height, border:border + width]
-    movie.read_into(start, stop, frames[:stop - start])
-    frames[stop - start:] = frames[0] if fill is None else fill
-    return stop - start
+    frames = frames.transpose(2, 0, 1) if frames_last else frames
+    return frames[:, border:border + height, border:border + width]
 
-  with concurrent.futures.ThreadPoolExecutor(max_workers=1) as executor:
-    pending = executor.submit(read, 0) if starts else None
+  def submit(index: int) -> tuple[int, list[concurrent.futures.Future]]:
+    start, frames = starts[index], frames_of(index)
+    count = min(chunk_size, num_frames - start)
+    bounds = np.linspace(0, count, min(readers, count) + 1).astype(int)
+    return count, [executor.submit(movie.read_into, start + lo, start + hi, frames[lo:hi])
+                   for lo, hi in zip(bounds[:-1], bounds[1:])]
+
+  with concurrent.futures.ThreadPoolExecutor(max_workers=readers) as executor:
+    pending = submit(0) if starts else None
     for index in range(len(starts)):
-      n_valid = pending.result()
+      n_valid, parts = pending
+      for part in parts:
+        part.result()
+      frames = frames_of(index)
+      frames[n_valid:] = frames[0] if fill is None else fill
       if index + 1 < len(starts):
         wait()
-        pending = executor.submit(read, index + 1)
+        pending = submit(index + 1)
       yield buffers[index % 2], n_valid

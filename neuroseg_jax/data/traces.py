@@ -32,6 +32,7 @@ and chunking cannot change the result.
 
 from __future__ import annotations
 
+import concurrent.futures
 import dataclasses
 
 import numpy as np
@@ -101,11 +102,14 @@ def neuropil_masks(masks, inner_gap: float = 2.0, outer_radius: float = 12.0,
 
 
 def _mean_operator(masks: np.ndarray) -> scipy.sparse.csr_matrix:
-  """[K, H, W] bool, none empty -> [K, H*W] float32 CSR whose rows average their pixels."""
-  flat = scipy.sparse.csr_matrix(masks.reshape(masks.shape[0], -1), dtype=np.float32)
-  counts = np.diff(flat.indptr).astype(np.float32)
-  flat.data /= np.repeat(counts, np.diff(flat.indptr))
-  return flat
+  """[K, H, W] bool, none empty -> [K, H*W] float32 CSR whose rows average their pixels
+  (built from the masks' nonzero indices: ~10x faster than converting the dense stack)."""
+  rows, columns = np.nonzero(masks.reshape(masks.shape[0], -1))
+  counts = np.bincount(rows, minlength=masks.shape[0])
+  indptr = np.concatenate([[0], np.cumsum(counts)])
+  weights = np.repeat((1.0 / counts).astype(np.float32), counts)
+  return scipy.sparse.csr_matrix((weights, columns.astype(np.int32), indptr),
+                                 shape=(masks.shape[0], int(np.prod(masks.shape[1:]))))
 
 
 def _apply_to_frames(operator: scipy.sparse.csr_matrix, movie, chunk_size: int) -> np.ndarray:
@@ -120,7 +124,8 @@ def _apply_to_frames(operator: scipy.sparse.csr_matrix, movie, chunk_size: int) 
   """
   means = np.empty((operator.shape[0], len(movie)), np.float32)
   for start, (chunk, n_valid) in zip(range(0, len(movie), chunk_size),
-                                     stream_chunks(movie, chunk_size, frames_last=True)):
+                                     stream_chunks(movie, chunk_size, frames_last=True,
+                                                   readers=2)):
     means[:, start:start + n_valid] = (operator @ chunk.reshape(-1, chunk_size))[:, :n_valid]
   return means
 
@@ -135,10 +140,11 @@ def running_percentile(traces: np.ndarray, window: int, percentile: float) -> np
   centres = np.unique(np.append(np.arange(0, num_frames, step), num_frames - 1))
   starts = np.clip(centres - window // 2, 0, num_frames - window)
   windows = np.lib.stride_tricks.sliding_window_view(traces, window, axis=1)
-  rows_per_batch = max(1, (1 << 24) // (len(starts) * window))  # ~64 MB of float32 at a time.
-  at_centres = np.concatenate([
-      np.percentile(windows[i:i + rows_per_batch, starts], percentile, axis=-1)
-      for i in range(0, len(traces), rows_per_batch)])
+  rows_per_batch = max(1, (1 << 23) // (len(starts) * window))  # ~32 MB of float32 at a time.
+  with concurrent.futures.ThreadPoolExecutor(max_workers=2) as pool:  # NumPy's partition
+    at_centres = np.concatenate(list(pool.map(                        # releases the GIL.
+        lambda i: np.percentile(windows[i:i + rows_per_batch, starts], percentile, axis=-1),
+        range(0, len(traces), rows_per_batch))))
   frames = np.arange(num_frames)
   return np.stack([np.interp(frames, centres, row) for row in at_centres]).astype(np.float32)
 
