@@ -1,25 +1,27 @@
-"""Movie-to-traces throughput of the streamed stages, on an ABO-size TIFF on disk.
+"""Movie-to-traces throughput of `segment`'s stages, on an ABO-size TIFF on disk.
 
 Writes a uint16 multipage TIFF of --frames frames of --size x --size pixels into
 a temporary folder, frame by frame (never the whole movie in memory; free disk
 space is checked first): a static background with --rois bright disc somata,
 transients on a third of them, shot-like noise drawn from a bank of 32 noise
 frames, and a random-walk integer motion of a few pixels. Then, in a fresh
-subprocess per run (so each peak memory is its own), times the two streamed reads
-the `segment` command makes (`data/movie_passes.py`):
-  summary   motion estimated and corrected (whole pixels) as each chunk is read, and
-            `compute_summary_images` of the corrected chunks;
-  traces    `extract_traces` of the corrected movie for the --rois true masks.
-and prints, per read and end to end, wall seconds, frames/s and CPU seconds. With
---before it also times, in the same process, the three reads of the previous
-pipeline (estimate_shifts; summary images of a bilinear ShiftedMovie; traces of it)
-and prints the end-to-end speed-up.
-The run is repeated on the first half of the frames to show that memory does
-not grow with T: peak RssAnon (the process's own memory, sampled every 20 ms)
-and ru_maxrss, which also counts the pages of the memory-mapped TIFF that the
-process has touched (page cache, reclaimable; it does grow with T).
+subprocess per run (so each peak memory is its own), times what the `segment`
+command does with a movie after opening it (`data/movie_passes.py`):
+  summary   read 1: motion estimated and corrected (whole pixels) as each chunk is
+            read, and `compute_summary_images` of the corrected chunks;
+  segment   the built-in model on the correlation image (its first call in the
+            process, so JAX's tracing and compilation are included);
+  traces    read 2: `extract_traces` of the corrected movie for the --rois true
+            masks (a fixed ROI count, as in an ABO field, whatever the model finds);
+and prints, per stage, for the two reads together, and end to end, wall seconds,
+frames/s and CPU seconds. The run is repeated on the first half of the frames to
+show that memory does not grow with T: peak RssAnon (the process's own memory,
+sampled every 20 ms) and ru_maxrss, which also counts the pages of the
+memory-mapped TIFF that the process has touched (page cache, reclaimable; it does
+grow with T). --keep keeps the TIFF (and prints its folder), so that another
+version of the code can be timed on the same file with --run.
 
-  python -m experiments.benchmark_segment --frames 3000 --before
+  python -m experiments.benchmark_segment --frames 23000 --folder W
 """
 
 from __future__ import annotations
@@ -38,8 +40,8 @@ from pathlib import Path
 import numpy as np
 import tifffile
 
+from neuroseg_jax import predictor
 from neuroseg_jax.data import movie_passes
-from neuroseg_jax.data.motion import ShiftedMovie, estimate_shifts
 from neuroseg_jax.data.movies import Movie, open_movie
 from neuroseg_jax.data.summary_images import compute_summary_images
 from neuroseg_jax.data.traces import extract_traces
@@ -112,13 +114,13 @@ class PeakAnonymousMemory:
     return self.peak
 
 
-def run_stages(movie_path: Path, masks_path: Path, count: int, chunk_size: int,
-               before: bool) -> dict:
-  """Times the reads on the first `count` frames; returns the measurements."""
+def run_stages(movie_path: Path, masks_path: Path, count: int) -> dict:
+  """Times the stages on the first `count` frames; returns the measurements."""
   memory = PeakAnonymousMemory()
   masks = np.load(masks_path)
   movie = FirstFrames(open_movie(movie_path), count)
-  compute_summary_images(movie[:100])  # compiles the JAX step outside the timings.
+  model = predictor.load_model("builtin")
+  compute_summary_images(movie[:100])  # compiles the summary-image step outside the timings.
   timings = {}
 
   def timed(name, fn):
@@ -127,31 +129,22 @@ def run_stages(movie_path: Path, masks_path: Path, count: int, chunk_size: int,
     timings[name] = (time.perf_counter() - wall, time.process_time() - cpu)
     return result
 
-  _, corrected = timed("summary", lambda: movie_passes.summarize(movie))
-  timed("traces", lambda: extract_traces(corrected, masks, chunk_size=chunk_size))
-  if before:
-    shifts = timed("before: motion", lambda: estimate_shifts(movie, chunk_size=chunk_size))
-    bilinear = ShiftedMovie(movie, shifts)
-    timed("before: summary", lambda: compute_summary_images(bilinear))
-    timed("before: traces", lambda: extract_traces(bilinear, masks, chunk_size=chunk_size))
+  summary, corrected = timed("summary", lambda: movie_passes.summarize(movie))
+  timed("segment", lambda: model.predict([summary["corr"]]))
+  timed("traces", lambda: extract_traces(corrected, masks))
   return {"frames": len(movie), "timings": timings, "peak_anon": memory.stop(),
           "maxrss": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss * 1024}
 
 
 def print_run(run: dict) -> None:
-  frames_done = run["frames"]
+  frames_done, timings = run["frames"], run["timings"]
   print(f"\n{frames_done} frames")
-  print(f"  {'read':16s} {'wall s':>8s} {'frames/s':>9s} {'CPU s':>8s}")
-  totals = {}
-  for name, (wall, cpu) in run["timings"].items():
-    pipeline = "before" if name.startswith("before") else "now"
-    total = totals.setdefault(pipeline, [0.0, 0.0])
-    total[0], total[1] = total[0] + wall, total[1] + cpu
-    print(f"  {name:16s} {wall:8.2f} {frames_done / wall:9.0f} {cpu:8.2f}")
-  for pipeline, (wall, cpu) in totals.items():
-    print(f"  {'end to end, ' + pipeline:16s} {wall:8.2f} {frames_done / wall:9.0f} {cpu:8.2f}")
-  if "before" in totals:
-    print(f"  speed-up (wall): {totals['before'][0] / totals['now'][0]:.2f}x")
+  print(f"  {'stage':18s} {'wall s':>8s} {'frames/s':>9s} {'CPU s':>8s}")
+  rows = dict(timings)
+  rows["two reads"] = [sum(timings[k][i] for k in ("summary", "traces")) for i in (0, 1)]
+  rows["end to end"] = [sum(t[i] for t in timings.values()) for i in (0, 1)]
+  for name, (wall, cpu) in rows.items():
+    print(f"  {name:18s} {wall:8.2f} {frames_done / wall:9.0f} {cpu:8.2f}")
   print(f"  peak RssAnon {run['peak_anon'] / 2**20:.0f} MiB, ru_maxrss "
         f"{run['maxrss'] / 2**20:.0f} MiB (includes touched pages of the mapped TIFF)")
 
@@ -161,17 +154,14 @@ def main():
   parser.add_argument("--frames", type=int, default=23000)
   parser.add_argument("--size", type=int, default=487)
   parser.add_argument("--rois", type=int, default=300)
-  parser.add_argument("--chunk-size", type=int, default=50)
-  parser.add_argument("--before", action="store_true",
-                      help="also time the previous three-read pipeline (same process)")
   parser.add_argument("--folder", type=Path, default=None,
                       help="where to write the TIFF (default: a new temporary folder)")
+  parser.add_argument("--keep", action="store_true", help="keep the TIFF and its masks")
   parser.add_argument("--run", nargs=3, metavar=("TIFF", "MASKS", "FRAMES"),
-                      help=argparse.SUPPRESS)  # internal: one timed run, JSON on stdout.
+                      help="time one run on an existing TIFF and masks (.npy); JSON on stdout")
   args = parser.parse_args()
   if args.run:
-    print(json.dumps(run_stages(Path(args.run[0]), Path(args.run[1]), int(args.run[2]),
-                                args.chunk_size, args.before)))
+    print(json.dumps(run_stages(Path(args.run[0]), Path(args.run[1]), int(args.run[2]))))
     return
 
   folder = Path(tempfile.mkdtemp(prefix="benchmark_segment_", dir=args.folder))
@@ -192,14 +182,16 @@ def main():
           f"{time.perf_counter() - start:.0f} s")
     repository = Path(__file__).resolve().parents[1]
     for count in (args.frames // 2, args.frames):
-      command = [sys.executable, "-m", "experiments.benchmark_segment", "--chunk-size",
-                 str(args.chunk_size), "--run", str(movie_path), str(folder / "masks.npy"),
-                 str(count)] + (["--before"] if args.before else [])
+      command = [sys.executable, "-m", "experiments.benchmark_segment", "--run",
+                 str(movie_path), str(folder / "masks.npy"), str(count)]
       output = subprocess.run(command, check=True, capture_output=True, text=True,
                               cwd=repository).stdout
       print_run(json.loads(output.strip().splitlines()[-1]))
   finally:
-    shutil.rmtree(folder)
+    if args.keep:
+      print(f"kept {folder}")
+    else:
+      shutil.rmtree(folder)
 
 
 if __name__ == "__main__":

@@ -3,7 +3,8 @@
 Writes a --frames x 487 x 487 uint16 TIFF (the generator of benchmark_segment.py)
 into --folder and prints, per part, wall and CPU milliseconds per frame: the TIFF
 read, motion estimation, whole-pixel and bilinear shifts, the summary-image
-accumulation, the sparse trace product, and the two reads as `segment` runs them.
+accumulation, writing frames side by side for the traces, the sparse trace
+product, and the two reads as `segment` runs them.
 
   python -m experiments.benchmark_segment_parts --frames 1500 --folder W
 """
@@ -24,7 +25,8 @@ from neuroseg_jax.data import summary_images
 from neuroseg_jax.data import traces
 from neuroseg_jax.data.movies import open_movie
 
-CHUNK = 50
+CHUNK = 48  # frames per timed call (a multiple of TRACE_CHUNK)
+TRACE_CHUNK = traces.DEFAULT_CHUNK_SIZE
 
 
 
@@ -62,20 +64,28 @@ def main():
   for start in chunks:  # the first read parses the TIFF's page index: keep it out too
     movie[start:start + CHUNK]
   print(f"{count} frames of {size} x {size}; ms per frame: wall, CPU")
-  timed("TIFF read to float32", count, repeat(lambda s: movie[s:s + CHUNK]))
+  native = movie.read_native(0, CHUNK)
+  buffer = np.empty((CHUNK, size, size), np.float32)
+  timed("TIFF read, cast to float32", count,
+        repeat(lambda s: movie.read_into(s, min(s + CHUNK, count), buffer[:min(CHUNK, count - s)])))
   shifts = timed("motion estimation (read included)", count,
                  lambda: motion.estimate_shifts(movie))
-  first = movie[:CHUNK]
-  timed("whole-pixel shift", count,
-        repeat(lambda s: motion.shift_frames(first, np.round(shifts[:CHUNK]))))
-  timed("bilinear shift", count,
-        repeat(lambda s: motion.shift_frames(first, shifts[:CHUNK] + 0.3)))
+  timed("whole-pixel shift + cast", count,
+        repeat(lambda s: motion.shift_frames(native, np.round(shifts[:CHUNK]), buffer)))
+  timed("bilinear shift + cast", count,
+        repeat(lambda s: motion.shift_frames(native, shifts[:CHUNK] + 0.3, buffer)))
   timed("summary images of the raw movie", count,
         lambda: summary_images.compute_summary_images(movie))
+  side_by_side = np.empty((size, size, TRACE_CHUNK), np.float32)
+  timed(f"{TRACE_CHUNK} frames side by side (shift + cast)", count,
+        repeat(lambda s: [motion.shift_frames(native[i:i + TRACE_CHUNK],
+                                              np.round(shifts[i:i + TRACE_CHUNK]),
+                                              side_by_side.transpose(2, 0, 1))
+                          for i in range(0, CHUNK - TRACE_CHUNK + 1, TRACE_CHUNK)]))
   operator = traces._mean_operator(np.concatenate([masks, traces.neuropil_masks(masks)]))  # pylint: disable=protected-access
-  flat = first.reshape(CHUNK, -1)
   timed(f"sparse trace product ({operator.nnz} nonzeros)", count,
-        repeat(lambda s: [operator @ frame for frame in flat]))
+        repeat(lambda s: [operator @ side_by_side.reshape(-1, TRACE_CHUNK)
+                          for _ in range(CHUNK // TRACE_CHUNK)]))
   _, corrected = timed("read 1: motion + summary images", count,
                        lambda: movie_passes.summarize(movie))
   timed("read 2: traces", count, lambda: traces.extract_traces(corrected, masks))
