@@ -10,7 +10,9 @@ command does with a movie after opening it (`data/movie_passes.py`):
   summary   read 1: motion estimated and corrected (whole pixels) as each chunk is
             read, and `compute_summary_images` of the corrected chunks;
   segment   the built-in model on the correlation image (its first call in the
-            process, so JAX's tracing and compilation are included);
+            process, so JAX's tracing is included, and its compilation unless JAX's
+            persistent cache, which the `neuroseg-jax` command turns on, holds it
+            from an earlier run: the first of the two runs below fills it);
   traces    read 2: `extract_traces` of the corrected movie for the --rois true
             masks (a fixed ROI count, as in an ABO field, whatever the model finds);
 and prints, per stage, for the two reads together, and end to end, wall seconds,
@@ -41,6 +43,7 @@ import numpy as np
 import tifffile
 
 from neuroseg_jax import predictor
+from neuroseg_jax import runtime
 from neuroseg_jax.data import movie_passes
 from neuroseg_jax.data.movies import Movie, open_movie
 from neuroseg_jax.data.summary_images import compute_summary_images
@@ -117,6 +120,7 @@ class PeakAnonymousMemory:
 def run_stages(movie_path: Path, masks_path: Path, count: int) -> dict:
   """Times the stages on the first `count` frames; returns the measurements."""
   memory = PeakAnonymousMemory()
+  runtime.enable_compilation_cache()  # as the `neuroseg-jax` command does
   masks = np.load(masks_path)
   movie = FirstFrames(open_movie(movie_path), count)
   model = predictor.load_model("builtin")
@@ -149,6 +153,18 @@ def print_run(run: dict) -> None:
         f"{run['maxrss'] / 2**20:.0f} MiB (includes touched pages of the mapped TIFF)")
 
 
+def time_runs(folder: Path, frames_count: int) -> None:
+  """Times folder/movie.tif on its first half and on all `frames_count` frames, each in
+  a fresh process."""
+  repository = Path(__file__).resolve().parents[1]
+  for count in (frames_count // 2, frames_count):
+    command = [sys.executable, "-m", "experiments.benchmark_segment", "--run",
+               str(folder / "movie.tif"), str(folder / "masks.npy"), str(count)]
+    output = subprocess.run(command, check=True, capture_output=True, text=True,
+                            cwd=repository).stdout
+    print_run(json.loads(output.strip().splitlines()[-1]))
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--frames", type=int, default=23000)
@@ -157,6 +173,8 @@ def main():
   parser.add_argument("--folder", type=Path, default=None,
                       help="where to write the TIFF (default: a new temporary folder)")
   parser.add_argument("--keep", action="store_true", help="keep the TIFF and its masks")
+  parser.add_argument("--reuse", type=Path, default=None,
+                      help="a folder kept by --keep: time its movie.tif (all its frames)")
   parser.add_argument("--run", nargs=3, metavar=("TIFF", "MASKS", "FRAMES"),
                       help="time one run on an existing TIFF and masks (.npy); JSON on stdout")
   args = parser.parse_args()
@@ -164,6 +182,11 @@ def main():
     print(json.dumps(run_stages(Path(args.run[0]), Path(args.run[1]), int(args.run[2]))))
     return
 
+  if args.reuse:
+    with tifffile.TiffFile(args.reuse / "movie.tif") as tiff:
+      print(f"reusing {args.reuse / 'movie.tif'} ({len(tiff.pages)} frames)")
+      time_runs(args.reuse, len(tiff.pages))
+    return
   folder = Path(tempfile.mkdtemp(prefix="benchmark_segment_", dir=args.folder))
   try:
     needed = args.frames * args.size ** 2 * 2 * 1.05 + 2**26
@@ -180,13 +203,7 @@ def main():
                      bigtiff=True, photometric="minisblack")
     print(f"wrote {movie_path} ({args.frames} x {args.size} x {args.size} uint16) in "
           f"{time.perf_counter() - start:.0f} s")
-    repository = Path(__file__).resolve().parents[1]
-    for count in (args.frames // 2, args.frames):
-      command = [sys.executable, "-m", "experiments.benchmark_segment", "--run",
-                 str(movie_path), str(folder / "masks.npy"), str(count)]
-      output = subprocess.run(command, check=True, capture_output=True, text=True,
-                              cwd=repository).stdout
-      print_run(json.loads(output.strip().splitlines()[-1]))
+    time_runs(folder, args.frames)
   finally:
     if args.keep:
       print(f"kept {folder}")

@@ -9,6 +9,8 @@ import pytest
 
 from neuroseg_jax import model_folder
 from neuroseg_jax import predictor
+from neuroseg_jax.data import summary_images
+from neuroseg_jax.data import twophoton_sim
 from neuroseg_jax.errors import DataError
 from neuroseg_jax.evaluation import flip_tta
 from neuroseg_jax.models import yolo_decode
@@ -128,3 +130,18 @@ def test_update_spec_keeps_the_weights_and_their_checksum(written, tmp_path):
   assert (copy / model_folder.WEIGHTS).read_bytes() == weights_before
   assert (copy / model_folder.CARD).read_text() == "# card\n\nrecalibrated\n"
   assert predictor.load_model(str(copy)).settings.nms_iou == 0.5
+
+
+def test_predict_drops_low_scores_before_suppression_with_the_same_result():
+  """`predict` passes its threshold to `detect`: greedy suppression by score makes that
+  exact, on a field of four overlapping tiles (so the cross-tile merge is covered)."""
+  config = twophoton_sim.SimulationConfig(height=600, width=600, frames=60)
+  recording = twophoton_sim.simulate_recording(config, seed=3)
+  image = summary_images.compute_summary_images(recording.movie)["corr"]
+  model = predictor.load_model("builtin")
+  everything = model.detect(model.network_input(image))
+  above = everything.select(everything.scores >= model.conf_threshold)
+  found = model.predict([image])[0]
+  assert len(found) > 10 and len(everything) > 2 * len(found)
+  np.testing.assert_array_equal(found.scores, above.scores)
+  np.testing.assert_array_equal(found.masks, above.masks)
