@@ -29,11 +29,9 @@ from neuroseg_jax.data import atomic_files
 from neuroseg_jax.data import images
 from neuroseg_jax.data import movie_passes
 from neuroseg_jax.data import movies
-from neuroseg_jax.data import nwb
 from neuroseg_jax.data import roi_outputs
 from neuroseg_jax.data import summary_images
 from neuroseg_jax.data import traces as traces_lib
-from neuroseg_jax.data import twophoton_sim
 from neuroseg_jax.errors import DataError
 from neuroseg_jax.evaluation import figures
 from neuroseg_jax.evaluation import neuron_matching
@@ -122,6 +120,7 @@ def segment_input(path: Path, out: Path, model: predictor.NeuronModel, projectio
   result.files += [str(p) for p in roi_outputs.write_traces(prefix, traces, frame_rate)]
   if write_nwb:
     result.files.append(prefix + ".nwb")
+    from neuroseg_jax.data import nwb  # pylint: disable=g-import-not-at-top  (pynwb: ~0.5 s)
     nwb.write_nwb(result.files[-1], result.masks, traces, summary, frame_rate)
   return result
 
@@ -170,6 +169,7 @@ def simulated_recording(out: str, size: int = 256, frames: int = 600,
                         seed: int = 0) -> tuple[str, np.ndarray]:
   """Writes a simulated recording to OUT/simulated_recording.tif; returns (path, true
   masks [N, H, W] of its active cells), for a first run without data of one's own."""
+  from neuroseg_jax.data import twophoton_sim  # pylint: disable=g-import-not-at-top  (scipy.signal: ~0.3 s)
   config = twophoton_sim.SimulationConfig(height=size, width=size, frames=frames)
   recording = twophoton_sim.simulate_recording(config, seed)
   os.makedirs(out, exist_ok=True)
