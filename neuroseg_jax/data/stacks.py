@@ -261,7 +261,8 @@ class TiffStack(Stack):
       try:
         with tifffile.TiffFile(path) as tiff:
           series = tiff.series[0] if (tiff.is_shaped or tiff.is_imagej) and tiff.series else None
-          if series is None or series.dataoffset is None or len(series.shape) != 3:
+          if (series is None or series.dataoffset is None or len(series.shape) != 3
+              or tuple(tiff.pages.first.shape) != tuple(series.shape[1:])):  # 2-D pages only
             return False
           shape, dtype, offset = series.shape, series.dtype, series.dataoffset
           byteorder, ifds = tiff.byteorder, _count_ifds(path, tiff.tiff, tiff.pages.first.offset,
