@@ -1,21 +1,28 @@
-"""NeuroSeg-III training step with the real loss: images/s and peak memory per mask window.
+"""NeuroSeg-III training step with the real loss: images/s and peak memory per variant.
 
   python -m experiments.benchmark_train_step                 # 512 px, batch 8, windows 0 16
-  python -m experiments.benchmark_train_step --batch 4 --rounds 2 --mask-windows 0 8 16
+  python -m experiments.benchmark_train_step --mask-windows 16 --grad-accum 1 2 4 8
 
-The model and the loss settings are those of `configs/neuroseg3_seg.py:abo` (the
-real-data recipe); only `loss.mask_window` changes between the variants (0 = the
-mask term on the full prototype map, K = on K x K crops around each box, the same
-loss: `losses/yolo_seg_loss.py`). The batch is synthetic: --instances neuron-sized
+The step is the project's own (`training/train_step.make_train_step`: forward,
+loss, backward, the recipe's optimizer), built for the task of
+`configs/neuroseg3_seg.py:abo` (model, loss settings, optimizer); variants change
+`loss.mask_window` (0 = the mask term on the full prototype map, K = on K x K crops
+around each box, the same loss: `losses/yolo_seg_loss.py`) and `grad_accum_steps`
+(the batch is split into that many micro-batches whose gradients are summed before
+one update, so activations are held for one micro-batch at a time; BatchNorm then
+normalises over each micro-batch). The batch is synthetic: --instances neuron-sized
 boxes (12-48 px) with filled masks per image, padded to the recipe's
 data.max_instances slots with valid = False, as the data pipeline pads them.
 
-Each variant runs in its own process, so its peak resident memory (ru_maxrss,
-compile included) is its own; with --rounds R the variants alternate R times
-(A B A B ...) so that a machine's drift hits both. Per run: steady-state images/s
-(mean over --iters steps after --warmup), compile seconds, CPU seconds of the
-timed steps, peak memory. The last lines give each variant's best images/s and
-its ratio to the first variant's.
+Each variant runs in its own process, so its memory figures are its own; with
+--rounds R the variants alternate R times (A B A B ...) so that a machine's drift
+hits all. Per run: steady-state images/s (mean over --iters steps after --warmup),
+compile seconds, CPU seconds, and three memory figures: XLA's own account of the
+compiled step (arguments + outputs + temporaries, `memory_analysis`: what one step
+needs), the process's resident memory after the steps (VmRSS: the step, the JAX
+runtime and what the allocator kept from compiling) and its peak over its whole
+life (ru_maxrss, compilation included). The last lines give each variant's best
+images/s and its ratio to the first variant's.
 """
 
 from __future__ import annotations
@@ -44,28 +51,57 @@ def padded_batch(batch: int, size: int, instances: int, slots: int) -> dict:
           "masks": np.pad(real["masks"], ((0, 0), (0, pad), (0, 0), (0, 0)))}
 
 
+def _resident_gib() -> float:
+  """VmRSS of /proc/self/status (the process's resident memory now) in GiB."""
+  with open("/proc/self/status") as f:
+    kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
+  return kib / 2**20
+
+
 def run_variant(args) -> dict:
   """One variant in this process -> its figures."""
   import jax  # pylint: disable=import-outside-toplevel
 
   from experiments import benchmark_yolo_seg as bench  # pylint: disable=import-outside-toplevel
   from neuroseg_jax import config_loading  # pylint: disable=import-outside-toplevel
-  from neuroseg_jax.losses import yolo_seg_loss  # pylint: disable=import-outside-toplevel
-  from neuroseg_jax.models import yolo_seg  # pylint: disable=import-outside-toplevel
+  from neuroseg_jax import tasks  # pylint: disable=import-outside-toplevel
+  from neuroseg_jax.training import optimizers  # pylint: disable=import-outside-toplevel
+  from neuroseg_jax.training import train_step  # pylint: disable=import-outside-toplevel
 
-  config = config_loading.load_config(RECIPE)
+  # The recipe's model, loss and optimizer; a tiny simulated source only builds the task
+  # (the timed batch is synthetic).
+  config = config_loading.load_config(f"{RECIPE},source=simulated,num_recordings=1,height=64,"
+                                      "width=64,frames=40")
   config.loss.mask_window = args.mask_window
-  hyper = yolo_seg_loss.SegLossHyper(**config.loss.to_dict())
-  model = yolo_seg.build_yolo_seg(config.model)
-  variables = bench.init_variables(model)
-  batch = padded_batch(args.batch, args.size, args.instances, config.data.max_instances)
-  loss_fn = lambda outputs, b: yolo_seg_loss.yolo_seg_loss(outputs, b, hyper)[0]  # noqa: E731
-  cpu_start = time.process_time()
-  seconds, compile_seconds, loss = bench.time_train_step(model, variables, batch, loss_fn,
-                                                         args.warmup, args.iters)
-  return {"mask_window": args.mask_window, "images_per_s": args.batch / seconds,
-          "step_s": seconds, "compile_s": compile_seconds,
-          "cpu_s_all": time.process_time() - cpu_start, "loss": loss,
+  config.batch_size, config.grad_accum_steps = args.batch, args.grad_accum
+  task = tasks.build(config)
+  tx, schedule = optimizers.make_optimizer(config)
+  batch = jax.device_put(padded_batch(args.batch, args.size, args.instances,
+                                      config.data.max_instances))
+  example = jax.tree.map(lambda x: x[:1], batch)
+  state = jax.jit(lambda r: train_step.initial_state(task, tx, r, example))(
+      jax.random.key(0, impl="rbg"))
+  seed = np.int32(0)
+  step_fn = jax.jit(train_step.make_train_step(task, tx, schedule, args.grad_accum),
+                    donate_argnums=0)
+  cpu_start, start = time.process_time(), time.perf_counter()
+  compiled = step_fn.lower(state, batch, seed).compile()
+  compile_seconds = time.perf_counter() - start
+  analysis = compiled.memory_analysis()
+  xla_bytes = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes +
+               analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
+  holder = [state]
+
+  def call_step():  # carries the donated state from call to call
+    holder[0], metrics = compiled(holder[0], batch, seed)
+    return metrics["loss"]
+
+  seconds = bench.seconds_per_call(call_step, args.warmup, args.iters)
+  return {"mask_window": args.mask_window, "grad_accum": args.grad_accum,
+          "images_per_s": args.batch / seconds, "step_s": seconds,
+          "compile_s": compile_seconds, "cpu_s_all": time.process_time() - cpu_start,
+          "loss": float(call_step()), "xla_gib": xla_bytes / 2**30,
+          "resident_gib": _resident_gib(),
           "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
           "device": str(jax.devices()[0].device_kind)}
 
@@ -76,37 +112,43 @@ def main():
   parser.add_argument("--batch", type=int, default=8)
   parser.add_argument("--instances", type=int, default=120, help="real objects per image")
   parser.add_argument("--mask-windows", type=int, nargs="+", default=[0, 16])
+  parser.add_argument("--grad-accum", type=int, nargs="+", default=[1],
+                      help="micro-batches per step (each must divide --batch)")
   parser.add_argument("--rounds", type=int, default=1)
   parser.add_argument("--iters", type=int, default=3)
   parser.add_argument("--warmup", type=int, default=1)
   parser.add_argument("--mask-window", type=int, default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.mask_window is not None:  # a child: one variant, figures as JSON on stdout
+    args.grad_accum = args.grad_accum[0]
     print(json.dumps(run_variant(args)))
     return
-  print(f"{RECIPE} model and loss; {args.size} px, batch {args.batch}, {args.instances} "
-        f"instances per image; {args.iters} timed steps after {args.warmup}")
-  print("| mask window | images/s | s / step | compile s | CPU s (compile + steps) | "
-        "peak memory GiB | loss |")
-  print("|---|---|---|---|---|---|---|")
+  print(f"{RECIPE} model, loss and optimizer; {args.size} px, batch {args.batch}, "
+        f"{args.instances} instances per image; {args.iters} timed steps after {args.warmup}")
+  print("| mask window | micro-batches | images/s | s / step | compile s | CPU s | XLA's "
+        "account GiB | resident after steps GiB | peak with compilation GiB | loss |")
+  print("|---|---|---|---|---|---|---|---|---|---|")
+  variants = [(w, k) for w in args.mask_windows for k in args.grad_accum]
   results = []
   for _ in range(args.rounds):
-    for window in args.mask_windows:
+    for window, accum in variants:
       child = [sys.executable, "-m", "experiments.benchmark_train_step",
-               f"--mask-window={window}", f"--size={args.size}", f"--batch={args.batch}",
-               f"--instances={args.instances}", f"--iters={args.iters}",
-               f"--warmup={args.warmup}"]
+               f"--mask-window={window}", f"--grad-accum={accum}", f"--size={args.size}",
+               f"--batch={args.batch}", f"--instances={args.instances}",
+               f"--iters={args.iters}", f"--warmup={args.warmup}"]
       output = subprocess.run(child, check=True, capture_output=True, text=True).stdout
       r = json.loads(output.strip().splitlines()[-1])
       results.append(r)
-      print(f"| {window} | {r['images_per_s']:.3f} | {r['step_s']:.2f} | {r['compile_s']:.0f} | "
-            f"{r['cpu_s_all']:.0f} | {r['peak_rss_gib']:.2f} | {r['loss']:.4f} |", flush=True)
-  best = {w: max(r["images_per_s"] for r in results if r["mask_window"] == w)
-          for w in args.mask_windows}
-  first = args.mask_windows[0]
-  for window, value in best.items():
-    print(f"mask window {window}: best {value:.3f} images/s, {value / best[first]:.2f}x "
-          f"window {first}")
+      print(f"| {window} | {accum} | {r['images_per_s']:.3f} | {r['step_s']:.2f} | "
+            f"{r['compile_s']:.0f} | {r['cpu_s_all']:.0f} | {r['xla_gib']:.2f} | "
+            f"{r['resident_gib']:.2f} | {r['peak_rss_gib']:.2f} | {r['loss']:.4f} |",
+            flush=True)
+  best = {v: max(r["images_per_s"] for r in results
+                 if (r["mask_window"], r["grad_accum"]) == v) for v in variants}
+  first = variants[0]
+  for (window, accum), value in best.items():
+    print(f"mask window {window}, {accum} micro-batches: best {value:.3f} images/s, "
+          f"{value / best[first]:.2f}x the first variant")
 
 
 if __name__ == "__main__":
