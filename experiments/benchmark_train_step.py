@@ -9,8 +9,8 @@ loss, backward, the recipe's optimizer), built for the task of
 `loss.mask_window` (0 = the mask term on the full prototype map, K = on K x K crops
 around each box, the same loss: `losses/yolo_seg_loss.py`) and `grad_accum_steps`
 (the batch is split into that many micro-batches whose gradients are summed before
-one update, so activations are held for one micro-batch at a time; BatchNorm then
-normalises over each micro-batch). The batch is synthetic: --instances neuron-sized
+one update; BatchNorm then normalises over each micro-batch), run as a loop or, with
+--unroll, written out one after another (`grad_accum_unroll`). The batch is synthetic: --instances neuron-sized
 boxes (12-48 px) with filled masks per image, padded to the recipe's
 data.max_instances slots with valid = False, as the data pipeline pads them.
 
@@ -82,8 +82,8 @@ def run_variant(args) -> dict:
   state = jax.jit(lambda r: train_step.initial_state(task, tx, r, example))(
       jax.random.key(0, impl="rbg"))
   seed = np.int32(0)
-  step_fn = jax.jit(train_step.make_train_step(task, tx, schedule, args.grad_accum),
-                    donate_argnums=0)
+  step_fn = jax.jit(train_step.make_train_step(task, tx, schedule, args.grad_accum,
+                                                args.unroll), donate_argnums=0)
   cpu_start, start = time.process_time(), time.perf_counter()
   compiled = step_fn.lower(state, batch, seed).compile()
   compile_seconds = time.perf_counter() - start
@@ -114,6 +114,8 @@ def main():
   parser.add_argument("--mask-windows", type=int, nargs="+", default=[0, 16])
   parser.add_argument("--grad-accum", type=int, nargs="+", default=[1],
                       help="micro-batches per step (each must divide --batch)")
+  parser.add_argument("--unroll", action="store_true",
+                      help="micro-batches unrolled (grad_accum_unroll) instead of a loop")
   parser.add_argument("--rounds", type=int, default=1)
   parser.add_argument("--iters", type=int, default=3)
   parser.add_argument("--warmup", type=int, default=1)
@@ -135,7 +137,7 @@ def main():
       child = [sys.executable, "-m", "experiments.benchmark_train_step",
                f"--mask-window={window}", f"--grad-accum={accum}", f"--size={args.size}",
                f"--batch={args.batch}", f"--instances={args.instances}",
-               f"--iters={args.iters}", f"--warmup={args.warmup}"]
+               f"--iters={args.iters}", f"--warmup={args.warmup}"] + ["--unroll"] * args.unroll
       output = subprocess.run(child, check=True, capture_output=True, text=True).stdout
       r = json.loads(output.strip().splitlines()[-1])
       results.append(r)

@@ -149,9 +149,14 @@ def test_gradient_accumulation_matches_full_batch(tmp_path):
   common = {"optimizer.warmup_steps": 0, "model.batch_norm": False, "model.dropout": 0.0}
   full = toy_task.toy_config(num_steps=2, **common)
   accum = toy_task.toy_config(num_steps=2, grad_accum_steps=2, **common)
+  unrolled = toy_task.toy_config(num_steps=2, grad_accum_steps=2, grad_accum_unroll=True,
+                                 **common)
   a = _params(loop.train(tasks.build(full), str(tmp_path / "full"), devices=CPU[:2]))
   b = _params(loop.train(tasks.build(accum), str(tmp_path / "accum"), devices=CPU[:2]))
+  c = _params(loop.train(tasks.build(unrolled), str(tmp_path / "unrolled"), devices=CPU[:2]))
   _assert_trees_close(a, b, atol=1e-6)
+  _assert_trees_close(a, c, atol=1e-6)
   losses = [[r["train/loss"] for r in loop.read_metrics(str(tmp_path / d)) if "train/loss" in r]
-            for d in ("full", "accum")]
+            for d in ("full", "accum", "unrolled")]
   np.testing.assert_allclose(losses[0], losses[1], rtol=1e-6)
+  np.testing.assert_allclose(losses[0], losses[2], rtol=1e-6)

@@ -10,7 +10,7 @@ that differ, unless the caller asks to overwrite (which removes only the
 engine's own outputs).
 
 Fields that do not change what is trained (how often to log, evaluate or save,
-input workers) and the run length (`num_steps`, so a run can be extended) are
+input workers, whether micro-batches are unrolled) and the run length (`num_steps`, so a run can be extended) are
 left out of the comparison.
 """
 
@@ -31,7 +31,8 @@ RECORD = "run.json"
 # Engine outputs that `overwrite` removes; anything else in the folder is left alone.
 OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "config.json", RECORD)
 IGNORED_FIELDS = frozenset({"num_steps", "log_every", "eval_every", "checkpoint_every",
-                            "keep_checkpoints", "checkpoint_async", "data_workers", "prefetch"})
+                            "keep_checkpoints", "checkpoint_async", "data_workers", "prefetch",
+                            "grad_accum_unroll"})
 # Config groups that say how a run is evaluated, not what is trained: a finished run can
 # be evaluated again with other settings (e.g. a wider post-processing grid).
 IGNORED_GROUPS = ("eval.",)
