@@ -68,6 +68,9 @@ class SegLossHyper:
   mask_slots: int = 24   # positives per instance on the crop path (> topk: see module doc)
 
 
+_SLOT_CHUNK = 500  # positives per piece of the full-map mask term.
+
+
 def distribution_focal_loss(box_logits: jax.Array, target_ltrb: jax.Array) -> jax.Array:
   """DFL (Li et al. 2020): cross-entropy to the two bins around each target distance.
 
@@ -119,20 +122,33 @@ def _full_map_mask_loss(foreground, target_index, target_boxes, coefs, protos, g
   """Summed per-positive mask loss of one image, each positive on the whole map.
 
   foreground [A] bool, target_index [A], target_boxes [A, 4] in prototype cells,
-  coefs [A, nm], protos [Hp, Wp, nm], gt_masks [M, Hp, Wp]; [num_slots, Hp, Wp] logits.
+  coefs [A, nm], protos [Hp, Wp, nm], gt_masks [M, Hp, Wp]. The first num_slots
+  positives count; their [num_slots, Hp, Wp] logits are made _SLOT_CHUNK slots at a
+  time and recomputed in the backward pass, so the branch holds [_SLOT_CHUNK, Hp, Wp]
+  tensors, not [num_slots, Hp, Wp] ones (at 512 px, 4,000 slots: 262 MB each, which
+  XLA reserved in every step even when the crop branch runs).
   """
   height, width = protos.shape[:2]
-  slots = jnp.nonzero(foreground, size=num_slots, fill_value=0)[0]
-  filled = jnp.arange(num_slots) < foreground.sum()
-  logits = jnp.einsum("pn,hwn->phw", coefs[slots], protos)
-  boxes = target_boxes[slots]
-  inside = _box_mask(boxes, jnp.broadcast_to(jnp.arange(height), (num_slots, height)),
-                     jnp.broadcast_to(jnp.arange(width), (num_slots, width)))
-  bce = optax.sigmoid_binary_cross_entropy(logits, gt_masks[target_index[slots]].astype(jnp.float32))
-  area = box_geometry.box_area(boxes)
-  per_positive = (jnp.where(inside, bce, 0.0).sum(axis=(1, 2))
-                  / jnp.where(filled & (area > 0), area, 1.0))
-  return jnp.where(filled, per_positive, 0.0).sum()
+  chunks = -(-num_slots // _SLOT_CHUNK)
+  slots = jnp.nonzero(foreground, size=chunks * _SLOT_CHUNK, fill_value=0)[0]
+  filled = jnp.arange(chunks * _SLOT_CHUNK) < jnp.minimum(foreground.sum(), num_slots)
+
+  @jax.checkpoint
+  def chunk_sum(piece):
+    slots, filled = piece
+    logits = jnp.einsum("pn,hwn->phw", coefs[slots], protos)
+    boxes = target_boxes[slots]
+    inside = _box_mask(boxes, jnp.broadcast_to(jnp.arange(height), (len(slots), height)),
+                       jnp.broadcast_to(jnp.arange(width), (len(slots), width)))
+    targets = gt_masks[target_index[slots]].astype(jnp.float32)
+    bce = optax.sigmoid_binary_cross_entropy(logits, targets)
+    area = box_geometry.box_area(boxes)
+    per_positive = (jnp.where(inside, bce, 0.0).sum(axis=(1, 2))
+                    / jnp.where(filled & (area > 0), area, 1.0))
+    return jnp.where(filled, per_positive, 0.0).sum()
+
+  pieces = (slots.reshape(chunks, _SLOT_CHUNK), filled.reshape(chunks, _SLOT_CHUNK))
+  return jax.lax.map(chunk_sum, pieces).sum()
 
 
 def _positives_by_instance(foreground, target_index, num_instances: int, per_instance: int):
