@@ -205,9 +205,12 @@ def _mask_loss_sums(foreground, target_index, gt_boxes, coefs, protos, gt_masks,
       foreground, target_index, target_boxes, coefs, protos, gt_masks))
   if not window or window >= min(height, width):
     return full()
-  cropped = lambda: jax.vmap(functools.partial(  # noqa: E731
-      _cropped_mask_loss, per_instance=per_instance, window=window))(
-          foreground, target_index, gt_boxes, coefs, protos, gt_masks)
+  # Also one image at a time: a batch's [B, M, ...] crops (M = max_instances slots)
+  # were the largest tensors of the training step.
+  per_image_crops = jax.checkpoint(functools.partial(
+      _cropped_mask_loss, per_instance=per_instance, window=window))
+  cropped = lambda: jax.lax.map(lambda args: per_image_crops(*args), (  # noqa: E731
+      foreground, target_index, gt_boxes, coefs, protos, gt_masks))
   exact = cropped_mask_loss_is_exact(foreground, target_index, gt_boxes,
                                      per_instance=per_instance, window=window, height=height,
                                      width=width)
