@@ -219,10 +219,12 @@ class _ThreadRecordingMovie(ArrayMovie):
     return frames
 
 
-def test_stream_chunks_reads_every_frame_once_on_one_background_thread():
+@pytest.mark.parametrize("readers", [1, 2])
+def test_stream_chunks_reads_every_frame_once_on_background_threads(readers):
   array = np.random.default_rng(0).random((23, 5, 6)).astype(np.float32)
   inner = _ThreadRecordingMovie(array)
-  chunks = [(chunk.copy(), n) for chunk, n in stream_chunks(inner, 4, border=1)]
+  chunks = [(chunk.copy(), n) for chunk, n in stream_chunks(inner, 4, border=1,
+                                                            readers=readers)]
   assert [n for _, n in chunks] == [4] * 5 + [3]
   served = np.concatenate([chunk[:n, 1:-1, 1:-1] for chunk, n in chunks])
   np.testing.assert_array_equal(served, array)
@@ -231,9 +233,11 @@ def test_stream_chunks_reads_every_frame_once_on_one_background_thread():
                            [np.ravel(c[:, :, [0, -1]]) for c, _ in chunks])
   assert not borders.any()
   np.testing.assert_array_equal(chunks[-1][0][3, 1:-1, 1:-1], array[20])  # padded: first frame
-  assert [(a, b) for _, a, b in inner.reads] == [(t, min(t + 4, 23)) for t in range(0, 23, 4)]
+  ranges = sorted((a, b) for _, a, b in inner.reads)
+  assert [f for a, b in ranges for f in range(a, b)] == list(range(23))  # each frame once
+  assert len(ranges) == sum(min(readers, min(4, 23 - t)) for t in range(0, 23, 4))
   threads = {thread for thread, _, _ in inner.reads}
-  assert len(threads) == 1 and threading.get_ident() not in threads
+  assert 1 <= len(threads) <= readers and threading.get_ident() not in threads
 
 
 def test_stream_chunks_fills_the_last_chunk_and_waits_before_reusing_a_buffer():
