@@ -230,9 +230,15 @@ class _CorrectedMovie(Movie):
   """Base of the float32 movies that move another movie's frames (`_movie`) back."""
 
   _movie: Movie
+  whole_pixels: bool
 
   def read_native(self, start: int, stop: int) -> np.ndarray:
     return self[start:stop]
+
+  def _move_back(self, frames: np.ndarray, shifts: np.ndarray, out: np.ndarray) -> None:
+    """Writes frames [n, H, W] moved back by shifts [n, 2] into out (rounded to whole
+    pixels with `whole_pixels`)."""
+    shift_frames(frames, np.round(shifts) if self.whole_pixels else shifts, out)
 
   def close(self) -> None:
     self._movie.close()
@@ -254,9 +260,7 @@ class ShiftedMovie(_CorrectedMovie):
                       f"[{len(self._movie)}, 2], got shape {self.shifts.shape}")
 
   def read_into(self, start: int, stop: int, out: np.ndarray) -> None:
-    applied = self.shifts[start:stop]
-    shift_frames(self._movie.read_native(start, stop),
-                 np.round(applied) if self.whole_pixels else applied, out)
+    self._move_back(self._movie.read_native(start, stop), self.shifts[start:stop], out)
 
 class MotionCorrectedMovie(_CorrectedMovie):
   """A Movie [T, H, W] float32 whose frames are aligned as they are read: each chunk's
@@ -288,8 +292,7 @@ class MotionCorrectedMovie(_CorrectedMovie):
     if not self._estimated[start:stop].all():
       self.shifts[start:stop] = self._correlator.shifts(frames)
       self._estimated[start:stop] = True
-    applied = self.shifts[start:stop]
-    shift_frames(frames, np.round(applied) if self.whole_pixels else applied, out)
+    self._move_back(frames, self.shifts[start:stop], out)
 
   def all_shifts(self, chunk_size: int = DEFAULT_CHUNK_SIZE) -> np.ndarray:
     """[T, 2] float32 shifts of every frame, estimating those not read yet."""

@@ -193,24 +193,31 @@ def cropped_mask_loss_is_exact(foreground, target_index, gt_boxes, *, per_instan
   return ((counts == 0) | (fits & (counts <= per_instance))).all()
 
 
+def _one_image_at_a_time(per_image, *batched):
+  """[B] results of per_image(*image_args) over the batch axis of `batched`, one image
+  at a time and recomputed in the backward pass, so a batch's per-image tensors are
+  never held at once."""
+  per_image = jax.checkpoint(per_image)
+  return jax.lax.map(lambda args: per_image(*args), batched)
+
+
 def _mask_loss_sums(foreground, target_index, gt_boxes, coefs, protos, gt_masks, *,
                     num_slots, per_instance, window):
-  """[B] summed mask losses; on crops when that is exact for the batch, else on the map."""
+  """[B] summed mask losses; on crops when that is exact for the batch, else on the map.
+
+  Both run one image at a time: the map's [num_slots, Hp, Wp] logits of a batch are
+  ~2 GB at 512 px, batch 8, and the crops' [B, M, ...] tensors (M = max_instances
+  slots) were the largest of the training step."""
   height, width = protos.shape[1:3]
   target_boxes = jax.vmap(lambda boxes, index: boxes[index])(gt_boxes, target_index)
-  # One image at a time, recomputed in the backward pass: the [num_slots, Hp, Wp] logits
-  # of a whole batch (~2 GB at 512 px, batch 8) are never held at once.
-  per_image = jax.checkpoint(functools.partial(_full_map_mask_loss, num_slots=num_slots))
-  full = lambda: jax.lax.map(lambda args: per_image(*args), (  # noqa: E731
-      foreground, target_index, target_boxes, coefs, protos, gt_masks))
+  full = lambda: _one_image_at_a_time(  # noqa: E731
+      functools.partial(_full_map_mask_loss, num_slots=num_slots),
+      foreground, target_index, target_boxes, coefs, protos, gt_masks)
   if not window or window >= min(height, width):
     return full()
-  # Also one image at a time: a batch's [B, M, ...] crops (M = max_instances slots)
-  # were the largest tensors of the training step.
-  per_image_crops = jax.checkpoint(functools.partial(
-      _cropped_mask_loss, per_instance=per_instance, window=window))
-  cropped = lambda: jax.lax.map(lambda args: per_image_crops(*args), (  # noqa: E731
-      foreground, target_index, gt_boxes, coefs, protos, gt_masks))
+  cropped = lambda: _one_image_at_a_time(  # noqa: E731
+      functools.partial(_cropped_mask_loss, per_instance=per_instance, window=window),
+      foreground, target_index, gt_boxes, coefs, protos, gt_masks)
   exact = cropped_mask_loss_is_exact(foreground, target_index, gt_boxes,
                                      per_instance=per_instance, window=window, height=height,
                                      width=width)
