@@ -10,7 +10,8 @@ from scipy import ndimage
 from neuroseg_jax.data import em_volumes, image_files
 from neuroseg_jax.data.em_volumes import open_mitoem, open_snemi3d, open_volume
 from neuroseg_jax.data.intensity import intensity_stats
-from neuroseg_jax.data.stacks import Hdf5Stack, SliceFolderStack, TiffStack
+from neuroseg_jax.data.stacks import Hdf5Stack, SliceFolderStack
+from neuroseg_jax.data.tiff_stack import TiffStack
 from neuroseg_jax.errors import DataError
 
 

@@ -10,8 +10,9 @@ import tifffile
 
 from neuroseg_jax.errors import DataError
 from neuroseg_jax.data.movies import ArrayMovie, StackMovie, open_movie, stream_chunks
-from neuroseg_jax.data import stacks
-from neuroseg_jax.data.stacks import Hdf5Stack, SliceFolderStack, TiffStack
+from neuroseg_jax.data import tiff_stack
+from neuroseg_jax.data.stacks import Hdf5Stack, SliceFolderStack
+from neuroseg_jax.data.tiff_stack import TiffStack
 
 
 @pytest.fixture
@@ -41,7 +42,7 @@ def test_contiguous_tiff_is_memory_mapped(tmp_path, frames):
 @pytest.mark.parametrize("imagej", [False, True])
 def test_described_block_is_mapped_without_parsing_pages(tmp_path, frames, monkeypatch, imagej):
   tifffile.imwrite(tmp_path / "m.tif", frames, imagej=imagej)
-  monkeypatch.setattr(stacks, "_scan", None)  # parsing the pages would fail
+  monkeypatch.setattr(tiff_stack, "_scan", None)  # parsing the pages would fail
   movie = open_movie(tmp_path / "m.tif")
   assert isinstance(movie.stack._array, np.memmap)
   np.testing.assert_array_equal(movie[:], frames)
@@ -57,7 +58,7 @@ def test_broken_page_chain_is_parsed_and_reported(tmp_path, frames, monkeypatch)
   struct.pack_into(layout.offsetformat, data, link, len(data) + 100)
   path.write_bytes(bytes(data))
   scanned = []
-  monkeypatch.setattr(stacks, "_scan", lambda p, scan=stacks._scan: scanned.append(p) or scan(p))
+  monkeypatch.setattr(tiff_stack, "_scan", lambda p, scan=tiff_stack._scan: scanned.append(p) or scan(p))
   with pytest.raises(DataError, match="m.tif: truncated or corrupt TIFF"):
     open_movie(path)
   assert scanned == [path]

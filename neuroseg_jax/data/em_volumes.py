@@ -26,7 +26,7 @@ import numpy as np
 import tifffile
 from scipy import ndimage
 
-from neuroseg_jax.data import image_files, stacks
+from neuroseg_jax.data import image_files, stack_base, stacks
 from neuroseg_jax.data.intensity import sample_slices
 from neuroseg_jax.errors import DataError
 
@@ -76,13 +76,13 @@ class LazyVolume(abc.ABC):
 
 
 class StackVolume(LazyVolume):
-  """A `stacks.Stack` [D, H, W] (TIFF stack, slice folder, HDF5 dataset) as a volume.
+  """A `stack_base.Stack` [D, H, W] (TIFF stack, slice folder, HDF5 dataset) as a volume.
 
   With `check_constant`, a volume whose `sample_slices` hold one value is a
   DataError (an image volume that says nothing; labels may legitimately be empty).
   """
 
-  def __init__(self, stack: stacks.Stack, check_constant: bool = True):
+  def __init__(self, stack: stack_base.Stack, check_constant: bool = True):
     self.stack = stack
     self.name, self.shape, self.dtype = stack.source, stack.shape, stack.dtype
     if check_constant:
@@ -216,7 +216,7 @@ def read_voxel_size(path, key: str | None = None) -> tuple[float, float, float] 
   """
   path = Path(path)
   if path.suffix.lower() in image_files.TIFF_SUFFIXES:
-    return _imagej_voxel_size(stacks.require_file(path))
+    return _imagej_voxel_size(stack_base.require_file(path))
   if path.suffix.lower() not in stacks.HDF5_SUFFIXES and not stacks.is_zarr(path):
     return None
   stack = stacks.open_stack(path, **({"key": key} if key else {}))

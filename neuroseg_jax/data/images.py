@@ -15,7 +15,7 @@ from neuroseg_jax.errors import DataError
 from neuroseg_jax.data.image_files import read_image_file
 from neuroseg_jax.data.labels import read_yolo_masks
 from neuroseg_jax.data.movies import check_finite
-from neuroseg_jax.data.stacks import check_pixel_dtype, require_file
+from neuroseg_jax.data.stack_base import check_pixel_dtype, require_file
 
 IMAGE_SUFFIXES = (".jpg", ".jpeg", ".png", ".tif", ".tiff")
 

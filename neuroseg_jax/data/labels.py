@@ -22,7 +22,7 @@ from skimage.draw import polygon as fill_polygon
 from neuroseg_jax.errors import DataError
 from neuroseg_jax.data.image_files import read_image_file
 from neuroseg_jax.data.movies import open_movie
-from neuroseg_jax.data.stacks import require_file
+from neuroseg_jax.data.stack_base import require_file
 from neuroseg_jax.registry import Registry, UnknownNameError
 
 MASK_READERS: Registry[Callable[..., np.ndarray]] = Registry("label format")

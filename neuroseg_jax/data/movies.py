@@ -22,6 +22,7 @@ from typing import Callable, Iterator
 
 import numpy as np
 
+from neuroseg_jax.data import stack_base
 from neuroseg_jax.data import stacks
 from neuroseg_jax.errors import DataError
 
@@ -39,7 +40,7 @@ def check_finite(source, values: np.ndarray, first_frame: int = 0) -> None:
 class Movie:
   """A lazily read movie [T, H, W].
 
-  Readers of files set `source`, `shape`, `dtype` (checked by `stacks.check_stack`)
+  Readers of files set `source`, `shape`, `dtype` (checked by `stack_base.check_stack`)
   and implement `_read(start, stop)` returning the native-dtype frames
   [stop - start, H, W]. Movies that transform another one's frames (e.g. motion
   correction) override `read_into` instead, so each frame is written once, straight
@@ -103,7 +104,7 @@ class ArrayMovie(Movie):
     self.source = str(source)
     self._array = array
     self.shape = tuple(array.shape)
-    self.dtype = stacks.check_stack(self.source, self.shape, array.dtype)
+    self.dtype = stack_base.check_stack(self.source, self.shape, array.dtype)
 
   def _read(self, start: int, stop: int) -> np.ndarray:
     return self._array[start:stop]
@@ -115,9 +116,9 @@ def as_movie(movie, source: str = "array") -> Movie:
 
 
 class StackMovie(Movie):
-  """A `stacks.Stack` [T, H, W] (TIFF, frame folder, HDF5 dataset) as a Movie."""
+  """A `stack_base.Stack` [T, H, W] (TIFF, frame folder, HDF5 dataset) as a Movie."""
 
-  def __init__(self, stack: stacks.Stack):
+  def __init__(self, stack: stack_base.Stack):
     self.stack = stack
     self.source, self.shape, self.dtype = stack.source, stack.shape, stack.dtype
 

@@ -1,4 +1,4 @@
-"""Zarr arrays as stacks [N, H, W] (`stacks.Stack`): chunked volumes as connectomics
+"""Zarr arrays as stacks [N, H, W] (`stack_base.Stack`): chunked volumes as connectomics
 tools write them, sliced by zarr without reading the rest of the store.
 
 Imported by `stacks.open_stack` only when a zarr store is opened (importing zarr
@@ -12,7 +12,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from neuroseg_jax.data.stacks import Stack, check_stack
+from neuroseg_jax.data.stack_base import Stack, check_stack
 from neuroseg_jax.errors import DataError
 
 
