@@ -20,7 +20,9 @@ frames/s and CPU seconds. The run is repeated on the first half of the frames to
 show that memory does not grow with T: peak RssAnon (the process's own memory,
 sampled every 20 ms) and ru_maxrss, which also counts the pages of the
 memory-mapped TIFF that the process has touched (page cache, reclaimable; it does
-grow with T). --keep keeps the TIFF (and prints its folder), so that another
+grow with T). Last, the whole `neuroseg-jax segment` command on the TIFF
+(start-up, both reads, the model, every file written; the network compiles
+during read 1): a first run with an empty compilation cache, then a second. --keep keeps the TIFF (and prints its folder), so that another
 version of the code can be timed on the same file with --run.
 
   python -m experiments.benchmark_segment --frames 23000 --folder W
@@ -30,6 +32,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import shutil
 import subprocess
@@ -165,6 +168,27 @@ def time_runs(folder: Path, frames_count: int) -> None:
     print_run(json.loads(output.strip().splitlines()[-1]))
 
 
+def time_command(folder: Path, frames_count: int) -> None:
+  """Times the whole `neuroseg-jax segment folder/movie.tif` command (start-up, both
+  reads, the model and every file written), first with an empty compilation cache
+  (a first run on a machine), then again with the cache that run filled."""
+  with tempfile.TemporaryDirectory() as scratch:
+    environment = {**os.environ, runtime.CACHE_ENV: os.path.join(scratch, "xla")}
+    command = [sys.executable, "-m", "neuroseg_jax.cli", "segment", str(folder / "movie.tif"),
+               "--out", os.path.join(scratch, "out")]
+    print(f"\nthe whole command on {frames_count} frames: {' '.join(command[1:])}")
+    for label in ("first run, empty compilation cache", "second run, cache filled"):
+      before = resource.getrusage(resource.RUSAGE_CHILDREN)
+      wall = time.perf_counter()
+      finished = subprocess.run(command, check=True, capture_output=True, text=True,
+                                env=environment)
+      wall = time.perf_counter() - wall
+      after = resource.getrusage(resource.RUSAGE_CHILDREN)
+      cpu = (after.ru_utime + after.ru_stime) - (before.ru_utime + before.ru_stime)
+      print(f"  {label:36s} wall {wall:6.2f} s  {frames_count / wall:5.0f} frames/s  "
+            f"CPU {cpu:6.2f} s  ({finished.stdout.strip().splitlines()[-1]})")
+
+
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--frames", type=int, default=23000)
@@ -185,7 +209,9 @@ def main():
   if args.reuse:
     with tifffile.TiffFile(args.reuse / "movie.tif") as tiff:
       print(f"reusing {args.reuse / 'movie.tif'} ({len(tiff.pages)} frames)")
-      time_runs(args.reuse, len(tiff.pages))
+      frames_count = len(tiff.pages)
+    time_runs(args.reuse, frames_count)
+    time_command(args.reuse, frames_count)
     return
   folder = Path(tempfile.mkdtemp(prefix="benchmark_segment_", dir=args.folder))
   try:
@@ -204,6 +230,7 @@ def main():
     print(f"wrote {movie_path} ({args.frames} x {args.size} x {args.size} uint16) in "
           f"{time.perf_counter() - start:.0f} s")
     time_runs(folder, args.frames)
+    time_command(folder, args.frames)
   finally:
     if args.keep:
       print(f"kept {folder}")

@@ -95,6 +95,12 @@ class NeuronModel:
                                          min(self.overlap, tile // 2), settings,
                                          min(batch_size, tiles))
 
+  def warm_up(self, height: int, width: int, tta: bool = False) -> None:
+    """Compiles the network for [height, width] fields by segmenting a blank one, so a
+    caller can compile while it computes the real image (e.g. during a movie's read)."""
+    self.detect(np.zeros((height, width, len(self.channels)), np.float32), tta=tta,
+                min_score=1.0)
+
   def predict(self, images: Sequence[np.ndarray | dict], conf_threshold: float | None = None,
               tta: bool = False) -> list[post.Instances]:
     """Instances (masks [N, H, W] bool, scores [N]) of each image, at the model's threshold

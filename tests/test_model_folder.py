@@ -91,6 +91,28 @@ def test_predict_on_fields_smaller_and_larger_than_a_tile(written):
     model.predict([np.zeros((4, 5, 6))])
 
 
+def test_warm_up_compiles_what_predict_of_that_field_size_runs(written):
+  """After warm_up(H, W), segmenting an [H, W] field compiles nothing more (a field
+  under 32 px runs as one 32 px input, a shape no other test uses)."""
+  path, _ = written
+  model = predictor.load_model(path)
+  compiles = []
+
+  def listener(event, _, **kwargs):
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiles.append(event)
+
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    model.warm_up(20, 30)
+    assert compiles, "the warm-up compiled the network for this size"
+    compiles.clear()
+    model.predict([np.random.default_rng(0).random((20, 30))], conf_threshold=0.0)
+    assert not compiles
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+
+
 def test_flip_tta_makes_a_network_flip_equivariant(written):
   """Averaged over the four flips, the built-in network's scores and boxes for a flipped
   input are those of the input, flipped (a plain pass is not equivariant)."""

@@ -16,6 +16,7 @@ the chunk, not by the recording length.
 
 from __future__ import annotations
 
+from concurrent import futures
 import dataclasses
 import os
 from pathlib import Path
@@ -35,6 +36,7 @@ from neuroseg_jax.data import traces as traces_lib
 from neuroseg_jax.errors import DataError
 from neuroseg_jax.evaluation import figures
 from neuroseg_jax.evaluation import neuron_matching
+from neuroseg_jax.evaluation import yolo_postprocess as post
 
 SUMMARY_SUFFIXES = (".jpg", ".jpeg", ".png")
 MOVIE_SUFFIXES = (".h5", ".hdf5")
@@ -103,19 +105,28 @@ def segment_input(path: Path, out: Path, model: predictor.NeuronModel, projectio
   name = path.stem if path.is_file() else path.name
   if not is_movie(path):
     image = images.read_summary_image(path)
-    return _write_segmentation(out / name, model, image, {"image": image}, tta)
+    return _write_segmentation(out / name, model.predict([image], tta=tta)[0], image,
+                               {"image": image})
   reader_args = {"key": dataset} if dataset else {}
   movie = movies.open_movie(path, **reader_args)
   if len(movie) < 2:
     raise DataError(path, "a movie needs at least 2 frames")
   # The bar is closed before an error reaches the command line, so the error is its last line.
   with tqdm(total=2 * len(movie), unit="frame", desc=f"{name} (2 reads)", leave=False,
-            disable=not progress) as bar:
+            disable=not progress) as bar, futures.ThreadPoolExecutor(1) as background:
+    # The network compiles (1-4 s) while the first read runs, which leaves a core idle
+    # for about a third of the time.
+    compiled = background.submit(model.warm_up, *movie.shape[1:], tta)
     summary, movie = movie_passes.summarize(_CountedMovie(movie, bar), correct_motion,
                                             whole_pixel_motion)
-    result = _write_segmentation(out / name, model, summary[projection], summary, tta)
-    traces = traces_lib.extract_traces(movie, result.masks,
+    compiled.result()
+    found = model.predict([summary[projection]], tta=tta)[0]
+    # Its files are written while the second read runs.
+    written = background.submit(_write_segmentation, out / name, found, summary[projection],
+                              summary)
+    traces = traces_lib.extract_traces(movie, found.masks,
                                        baseline_window=max(1, round(60 * frame_rate)))
+    result = written.result()
   prefix = str(out / name)
   result.files += [str(p) for p in roi_outputs.write_traces(prefix, traces, frame_rate)]
   if write_nwb:
@@ -125,10 +136,10 @@ def segment_input(path: Path, out: Path, model: predictor.NeuronModel, projectio
   return result
 
 
-def _write_segmentation(prefix: Path, model: predictor.NeuronModel, image: np.ndarray,
-                        summary: dict, tta: bool) -> Segmented:
-  """Segments `image` [H, W]; writes the label image, ROI table, overlay and summary."""
-  found = model.predict([image], tta=tta)[0]
+def _write_segmentation(prefix: Path, found: post.Instances, image: np.ndarray,
+                        summary: dict) -> Segmented:
+  """Writes the label image, ROI table, overlay and summary of the neurons `found` in
+  `image` [H, W]."""
   prefix = str(prefix)
   files = [prefix + "_masks.tif", prefix + "_rois.csv", prefix + "_overlay.png",
            prefix + "_summary.tif"]
