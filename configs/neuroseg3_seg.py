@@ -32,13 +32,15 @@ ABO_FOLDER = os.path.join(os.path.dirname(os.path.dirname(os.path.abspath(__file
 AUGMENT = ("flip_lr|flip_ud|rot90|scale_crop(0.8,1.25)|brightness(0.1)|contrast(0.2)"
            "|gamma(0.8,1.25)|noise(0.02)")
 ABO_FIELD = 487  # pixels per side of an abo275 image (about 0.8 um per pixel)
+ABO_EVAL_SIZE = 512  # the recipe's letterbox size for whole fields (a zoom of 1.05)
 PHOTOMETRIC = "flip_lr|flip_ud|rot90|brightness(0.1)|contrast(0.2)|gamma(0.8,1.25)|noise(0.02)"
 
 
-def native_scale_crops(size: int, field: int = ABO_FIELD) -> str:
-  """Random windows of ~size x size pixels (area +-10%) of a field x field image,
-  resized to `size`: training at the scale whole fields are evaluated at."""
-  area = (size / field) ** 2
+def native_scale_crops(size: int, field: int = ABO_FIELD, zoom: float = 1.0) -> str:
+  """Random windows of ~size / zoom pixels a side (area +-10%) of a field x field
+  image, resized to `size`: training at the scale whole fields are evaluated at
+  (zoom = eval_image_size / ABO_EVAL_SIZE; 1 for the recipe)."""
+  area = (size / (zoom * field)) ** 2
   return f"resized_crop({0.9 * area:.4f},{min(1.1 * area, 1.0):.4f},size={size})|{PHOTOMETRIC}"
 
 
@@ -46,7 +48,7 @@ def native_scale_crops(size: int, field: int = ABO_FIELD) -> str:
 # native-scale crops, AdamW 2e-3, whole fields evaluated letterboxed to 512 px, box NMS
 # at IoU 0.5 (chosen on the training images of every cross-validation fold).
 ABO = dict(source="abo", image_size=160, num_val=0, num_steps=400, lr=2e-3,
-           eval_image_size=512, nms_iou=0.5)
+           eval_image_size=ABO_EVAL_SIZE, nms_iou=0.5)
 # A few steps of a narrow network on small simulated images: runs on a laptop CPU.
 SMOKE = dict(scale="n", image_size=64, height=64, width=64, frames=40, num_recordings=3,
              num_val=1, num_steps=3, batch_size=2)
@@ -102,7 +104,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict({
       "source": source, "source_args": source_args, "image_size": args.image_size,
       "max_instances": 400,
-      "augment": native_scale_crops(args.image_size) if args.abo else AUGMENT,
+      "augment": (native_scale_crops(args.image_size, zoom=(args.eval_image_size or
+                                                            ABO_EVAL_SIZE) / ABO_EVAL_SIZE)
+                  if args.abo else AUGMENT),
       "num_train": args.num_train,
       "num_val": args.num_val, "fold": args.fold, "num_folds": args.num_folds,
       "val_images": args.val_images})
