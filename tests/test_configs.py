@@ -91,3 +91,16 @@ def test_cadence_flags_take_fractions_and_steps():
 def test_an_old_argument_name_fails_with_the_valid_choices():
   with pytest.raises(ValueError, match="unknown config argument 'steps'.*num_steps"):
     config_loading.load_config(f"{CONFIGS / 'neuroseg3_seg.py'}:steps=10")
+
+
+def test_abo_crops_are_at_the_scale_whole_fields_are_evaluated_at():
+  """The recipe's crops cover ~image_size native pixels; zooming the evaluation
+  letterbox 2x halves the native side a crop covers (a quarter of the area)."""
+  def crop_area(arg):
+    augment = config_loading.load_config(f"{CONFIGS / 'neuroseg3_seg.py'}:{arg}").data.augment
+    low, high = augment.split("|")[0][len("resized_crop("):].split(",")[:2]
+    return (float(low) + float(high)) / 2
+
+  recipe = crop_area("abo")
+  assert recipe == pytest.approx((160 / 487) ** 2, rel=1e-3)
+  assert crop_area("abo,eval_image_size=1024") == pytest.approx(recipe / 4, rel=1e-3)
