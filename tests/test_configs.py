@@ -104,3 +104,6 @@ def test_abo_crops_are_at_the_scale_whole_fields_are_evaluated_at():
   recipe = crop_area("abo")
   assert recipe == pytest.approx((160 / 487) ** 2, rel=1e-3)
   assert crop_area("abo,eval_image_size=1024") == pytest.approx(recipe / 4, rel=1e-3)
+  assert crop_area("abo_zoom2") == pytest.approx((128 / 487) ** 2, rel=1e-3)
+  zoomed = config_loading.load_config(f"{CONFIGS / 'neuroseg3_seg.py'}:abo_zoom2")
+  assert (zoomed.data.image_size, zoomed.eval.image_size, zoomed.num_steps) == (256, 1024, 600)
