@@ -87,6 +87,9 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   if args.source == "simulated":
     args.image_size = min(args.image_size, args.height, args.width)
 
+  # Input pixels per field pixel of the real-data recipe's crops (1 at its 512 px letterbox).
+  zoom = (args.eval_image_size or ABO_EVAL_SIZE) / ABO_EVAL_SIZE if args.abo else 1.0
+
   config = defaults.base_config()
   config.task = "yolo_seg"
   config.seed = args.seed
@@ -112,9 +115,7 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
   config.data = ml_collections.ConfigDict({
       "source": source, "source_args": source_args, "image_size": args.image_size,
       "max_instances": 400,
-      "augment": (native_scale_crops(args.image_size, zoom=(args.eval_image_size or
-                                                            ABO_EVAL_SIZE) / ABO_EVAL_SIZE)
-                  if args.abo else AUGMENT),
+      "augment": native_scale_crops(args.image_size, zoom=zoom) if args.abo else AUGMENT,
       "num_train": args.num_train,
       "num_val": args.num_val, "fold": args.fold, "num_folds": args.num_folds,
       "val_images": args.val_images})
@@ -130,10 +131,12 @@ def get_config(arg=None) -> ml_collections.ConfigDict:
                                            "assigner_eps": 1e-30, "mask_window": 16,
                                            "mask_slots": 24})
   # eval.image_size: letterbox size at evaluation (0: data.image_size); lets a network
-  # trained on crops segment whole fields of view.
+  # trained on crops segment whole fields of view. eval.zoom: the scale the crops were
+  # trained at, kept in the model folder `neuroseg-jax train` writes, whose predictor
+  # magnifies fields of any size by it (in tiles of eval.image_size).
   config.eval = ml_collections.ConfigDict({"batch_size": 2 if args.smoke else 4,
                                            "figures": True,
                                            "image_size": args.eval_image_size,
-                                           "nms_iou": args.nms_iou})
+                                           "nms_iou": args.nms_iou, "zoom": zoom})
   config.pretrained = args.pretrained
   return config

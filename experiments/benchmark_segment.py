@@ -22,8 +22,9 @@ sampled every 20 ms) and ru_maxrss, which also counts the pages of the
 memory-mapped TIFF that the process has touched (page cache, reclaimable; it does
 grow with T). Last, the whole `neuroseg-jax segment` command on the TIFF
 (start-up, both reads, the model, every file written; the network compiles
-during read 1): a first run with an empty compilation cache, then a second. --keep keeps the TIFF (and prints its folder), so that another
-version of the code can be timed on the same file with --run.
+during read 1): a first run with an empty compilation cache, then a second.
+--keep keeps the TIFF (and prints its folder), so that another version of the code
+can be timed on the same file with --run.
 
   python -m experiments.benchmark_segment --frames 23000 --folder W
 """

@@ -127,7 +127,12 @@ def _train(argv: list[str]) -> None:
   parser.add_argument("--out", required=True, help="model folder to write")
   parser.add_argument("--init", default="scratch", help="scratch, builtin, a model folder or "
                       "a TiCo run folder (its backbone)")
-  parser.add_argument("--steps", type=int, default=400, help="training steps (batch 8)")
+  parser.add_argument("--steps", type=int, default=None,
+                      help="training steps (batch 8; default: the recipe's: 400, or 600 at "
+                      "--zoom 2)")
+  parser.add_argument("--zoom", type=int, default=1, choices=(1, 2),
+                      help="train and segment fields magnified this many times (2: the "
+                      "abo_zoom2 recipe, held-out ABO F1 0.898 vs 0.874, 4x the network time)")
   parser.add_argument("--val", type=float, default=0.0,
                       help="fraction of the images held out for validation")
   parser.add_argument("--scale", default="s", help="network size: n, s (NeuroSeg-III), m, l")
@@ -139,7 +144,7 @@ def _train(argv: list[str]) -> None:
     from neuroseg_jax.commands import train_model  # pylint: disable=g-import-not-at-top
     scores = train_model.train_model(args.data, args.out, args.steps, args.val, args.init,
                                      args.overwrite, " ".join(["neuroseg-jax train", *argv]),
-                                     args.scale)
+                                     args.scale, args.zoom)
     for name, value in scores.items():
       print(f"{name}: {value}")
     print(f"model written to {args.out}")

@@ -7,7 +7,9 @@
 Images are segmented at their own pixel scale (the built-in model expects about
 0.8 um per pixel, as in the Allen Brain Observatory): fields up to the model's
 tile size run in one pass, larger ones in overlapping tiles
-(`evaluation.tiled_inference.segment_field`). Detections are kept at the
+(`evaluation.tiled_inference.segment_field`). A model trained at a zoom (its
+folder's input.zoom, e.g. 2 for `neuroseg-jax train --zoom 2`) sees each field
+magnified by it, tile by tile, and answers in the field's own pixels. Detections are kept at the
 model's confidence threshold, which was chosen on its training images and is
 stored in the model folder (`model_folder.py`); `conf_threshold=` overrides it.
 """
@@ -53,6 +55,8 @@ class NeuronModel:
     self.normalization = self.spec["input"]["normalization"]
     self.tile_size = int(self.spec["input"]["tile_size"])
     self.overlap = int(self.spec["input"]["overlap"])
+    # Input pixels per image pixel: 2 for a network trained on fields magnified 2x.
+    self.zoom = float(self.spec["input"].get("zoom", 1.0))
     self.conf_threshold = float(self.spec["conf_threshold"])
     # Averaging four flips changes the score scale; older folders have one threshold.
     self.tta_conf_threshold = float(self.spec.get("tta_conf_threshold", self.conf_threshold))
@@ -85,15 +89,13 @@ class NeuronModel:
     above it, without assembling, moving and comparing the masks of hundreds of
     low-scoring candidates (~1 s less per ABO field)."""
     settings = dataclasses.replace(self.settings, conf_threshold=min_score)
-    height, width = network_image.shape[:2]
     # A field smaller than a tile runs as one input just large enough (a multiple of 32).
-    tile = min(self.tile_size, -(-max(height, width) // STRIDE) * STRIDE)
-    tiles = (len(tiled_inference.tile_origins(height, tile, self.overlap)) *
-             len(tiled_inference.tile_origins(width, tile, self.overlap)))
+    magnified = int(np.ceil(max(network_image.shape[:2]) * self.zoom))
+    tile = min(self.tile_size, -(-magnified // STRIDE) * STRIDE)
     predict = flip_tta.with_flips(self._predict) if tta else self._predict
     return tiled_inference.segment_field(network_image, predict, tile,
-                                         min(self.overlap, tile // 2), settings,
-                                         min(batch_size, tiles))
+                                         min(self.overlap, tile // 2), settings, batch_size,
+                                         zoom=self.zoom)
 
   def warm_up(self, height: int, width: int, tta: bool = False) -> None:
     """Compiles the network for [height, width] fields by segmenting a blank one, so a

@@ -113,6 +113,19 @@ def test_warm_up_compiles_what_predict_of_that_field_size_runs(written):
     jax.monitoring.unregister_event_duration_listener(listener)
 
 
+def test_a_zoomed_model_answers_in_field_pixels(tmp_path):
+  """A folder trained at zoom 2 magnifies fields 2x (tiles of tile_size / 2 field
+  pixels) and returns masks of the field's own shape."""
+  path = str(tmp_path / "zoomed")
+  model_folder.write(path, {**SPEC, "input": {**SPEC["input"], "zoom": 2.0}}, _variables(),
+                     "# card\n")
+  model = predictor.load_model(path)
+  assert model.zoom == 2.0
+  field = np.random.default_rng(1).random((40, 70))
+  found = model.predict([field], conf_threshold=0.0)[0]
+  assert found.masks.shape[1:] == (40, 70) and len(found)
+
+
 def test_flip_tta_makes_a_network_flip_equivariant(written):
   """Averaged over the four flips, the built-in network's scores and boxes for a flipped
   input are those of the input, flipped (a plain pass is not equivariant)."""

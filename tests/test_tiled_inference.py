@@ -79,8 +79,35 @@ def test_without_border_rule_cut_neurons_would_be_duplicated():
   assert len(found) == 1 and found.masks[0].sum() == 144 - 4  # bilinear rounds 4 corners
 
 
+def test_zoom_segments_magnified_tiles_and_answers_in_image_pixels():
+  # With zoom 2, 128 px inputs overlapping by 48 cover the same 64 px tiles (24 px
+  # overlap) of the image as the test above, each magnified 2x; the squares come back
+  # once each, in image pixels, the magnification's bilinear edge adding under a pixel.
+  corners = [(8, 8), (44, 12), (60, 60), (100, 28), (148, 96), (120, 84), (20, 92)]
+  image = image_with_squares(112, 160, corners)
+  calls = []
+
+  def counting_predict_fn(batch):
+    calls.append(batch["image"].shape)
+    return predict_fn(batch)
+
+  found = tiled_inference.segment_field(image, counting_predict_fn, 128, 48, SETTINGS,
+                                        batch_size=5, zoom=2.0)
+  # 3 x 4 tiles in 3 batches of 5 (the last one padded), each input 128 px.
+  assert sum(shape[0] for shape in calls) == 15 and calls[0][1:3] == (128, 128)
+  truth = np.stack([image_with_squares(112, 160, [c])[..., 0] for c in corners]) > 0
+  iou = neuron_matching.mask_iou_matrix(found.masks, truth)
+  pairs = neuron_matching.match_pairs(iou, 0.5)
+  assert len(found) == len(pairs) == len(corners)
+  assert iou[pairs[:, 0], pairs[:, 1]].min() > 0.8
+  true_boxes = np.array([[x, y, x + 12, y + 12] for x, y in corners], np.float32)
+  np.testing.assert_allclose(found.boxes[pairs[:, 0]], true_boxes[pairs[:, 1]], atol=1.0)
+
+
 def test_bad_arguments_raise_data_error():
   with pytest.raises(DataError, match="overlap"):
     tiled_inference.segment_field(np.zeros((64, 64, 1)), predict_fn, 64, 64)
   with pytest.raises(DataError, match=r"\[H, W, C\]"):
     tiled_inference.segment_field(np.zeros((64, 64)), predict_fn, 64, 16)
+  with pytest.raises(DataError, match="zoom"):
+    tiled_inference.segment_field(np.zeros((64, 64, 1)), predict_fn, 64, 16, zoom=0.0)

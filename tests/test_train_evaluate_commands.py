@@ -105,6 +105,18 @@ def test_train_writes_a_model_folder_that_segment_and_evaluate_use(labeled_folde
     np.testing.assert_array_equal(loaded, saved)
 
 
+def test_zoom_2_trains_the_zoomed_recipe_and_its_folder_segments_at_that_zoom(labeled_folder):
+  config = train_model.recipe_config(str(labeled_folder), None, 0.0, "scratch", zoom=2)
+  assert (config.num_steps, config.data.image_size, config.eval.image_size,
+          config.eval.zoom) == (600, 256, 1024, 2.0)
+  spec = train_model._spec(config, 0.3, 0.3)  # pylint: disable=protected-access
+  assert spec["input"]["zoom"] == 2.0 and spec["input"]["tile_size"] == 1024
+  plain = train_model.recipe_config(str(labeled_folder), None, 0.0, "scratch")
+  assert (plain.num_steps, plain.eval.zoom) == (400, 1.0)
+  with pytest.raises(DataError, match="--zoom"):
+    train_model.recipe_config(str(labeled_folder), None, 0.0, "scratch", zoom=3)
+
+
 def test_train_rejects_bad_folders_in_one_line(labeled_folder, tmp_path):
   broken = tmp_path / "broken"
   shutil.copytree(labeled_folder, broken)

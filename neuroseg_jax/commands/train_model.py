@@ -1,7 +1,8 @@
 """`neuroseg-jax train`: a folder of labeled summary images -> a model folder.
 
 The run uses the real-data recipe (`configs/neuroseg3_seg.py:abo`: native-scale
-crops, AdamW 2e-3, all labeled images unless `--val` holds some out) in
+crops, AdamW 2e-3, all labeled images unless `--val` holds some out; with `--zoom 2`
+its `abo_zoom2` variant, at twice the scale) in
 `MODEL_DIR/run/` (resumable: calling the command again continues it), then
 writes the model folder (`model_folder.py`) with the confidence threshold that
 maximises F1 on the training images, and a model card.
@@ -33,9 +34,15 @@ INTENDED_USE = ("Two-photon GCaMP6 calcium imaging of mouse cortex, ABO-like sum
                 "active neurons.")
 
 
-def recipe_config(data: str, num_steps: int, val_fraction: float, init: str,
-                  scale: str = "s", seed: int = 0) -> ml_collections.ConfigDict:
-  """The real-data recipe on `data` (YOLO layout), validating on the last images."""
+RECIPES = {1: "abo", 2: "abo_zoom2"}  # config variant per training zoom
+
+
+def recipe_config(data: str, num_steps: int | None, val_fraction: float, init: str,
+                  scale: str = "s", seed: int = 0, zoom: int = 1) -> ml_collections.ConfigDict:
+  """The real-data recipe at `zoom` on `data` (YOLO layout), validating on the last
+  images; num_steps None keeps the recipe's."""
+  if zoom not in RECIPES:
+    raise DataError("--zoom", f"must be one of {sorted(RECIPES)}, got {zoom}")
   count = len(images.list_yolo_folder(data))
   num_val = int(round(val_fraction * count))
   if num_val >= count:
@@ -44,8 +51,9 @@ def recipe_config(data: str, num_steps: int, val_fraction: float, init: str,
     raise DataError(CONFIG, "config not found; run from a source checkout installed with "
                     "`pip install -e .`")
   pretrained = {"scratch": ""}.get(init, predictor.BUILTIN_MODELS.get(init, init))
+  steps = "" if num_steps is None else f"num_steps={num_steps},"
   return config_loading.load_config(
-      f"{CONFIG}:abo,source=yolo_folder,folder={os.path.abspath(data)},num_steps={num_steps},"
+      f"{CONFIG}:{RECIPES[zoom]},source=yolo_folder,folder={os.path.abspath(data)},{steps}"
       f"num_val={num_val},seed={seed},pretrained={pretrained},scale={scale}")
 
 
@@ -54,7 +62,7 @@ def _spec(config: ml_collections.ConfigDict, threshold: float, tta_threshold: fl
           "input": {"channels": ["image"] * config.data.source_args.get("num_channels", 3),
                     "normalization": "percentile",
                     "tile_size": config.eval.image_size or config.data.image_size,
-                    "overlap": 64},
+                    "overlap": 64, "zoom": config.eval.zoom},
           "postprocess": {"nms_iou": config.eval.nms_iou},
           "conf_threshold": threshold, "tta_conf_threshold": tta_threshold}
 
@@ -65,8 +73,9 @@ def _card(config, train_names, scores: dict, seconds: float, command: str) -> st
            f"{config.model.block} blocks, {config.model.neck} neck).",
            f"- Training data: {len(train_names)} labeled images from "
            f"`{config.data.source_args.folder}`: {', '.join(train_names)}.",
-           f"- Recipe: `configs/neuroseg3_seg.py:abo`, {config.num_steps} steps of batch "
-           f"{config.batch_size}, {config.data.image_size} px native-scale crops, AdamW "
+           f"- Recipe: `configs/neuroseg3_seg.py:{RECIPES[round(config.eval.zoom)]}`, "
+           f"{config.num_steps} steps of batch {config.batch_size}, "
+           f"{config.data.image_size} px crops at {config.eval.zoom:g}x the field's scale, AdamW "
            f"{config.optimizer.lr}; initialised from "
            f"{config.pretrained or 'random weights'}.",
            f"- Command: `{command}`", f"- Hardware: {runtime.hardware_description()}.",
@@ -134,11 +143,12 @@ def recalibrate(model_dir: str, data: str, nms_iou: float, command: str) -> dict
   return scores
 
 
-def train_model(data: str, out: str, num_steps: int = 400, val_fraction: float = 0.0,
+def train_model(data: str, out: str, num_steps: int | None = None, val_fraction: float = 0.0,
                 init: str = "scratch", overwrite: bool = False,
-                command: str = "neuroseg-jax train", scale: str = "s") -> dict:
-  """Trains on `data`, writes the model folder `out`; returns its scores."""
-  config = recipe_config(data, num_steps, val_fraction, init, scale)
+                command: str = "neuroseg-jax train", scale: str = "s", zoom: int = 1) -> dict:
+  """Trains on `data` (num_steps None: the recipe's), writes the model folder `out`;
+  returns its scores."""
+  config = recipe_config(data, num_steps, val_fraction, init, scale, zoom=zoom)
   task = tasks.build(config)
   state = loop.train(task, os.path.join(out, "run"), overwrite=overwrite)
   variables = jax.tree.map(np.asarray, jax.device_get(

@@ -25,6 +25,8 @@ from typing import Callable
 
 import numpy as np
 
+from neuroseg_jax.data import transforms2d
+from neuroseg_jax.data.instance_targets import Letterbox
 from neuroseg_jax.errors import DataError
 from neuroseg_jax.evaluation import neuron_matching
 from neuroseg_jax.evaluation import yolo_postprocess as post
@@ -62,22 +64,31 @@ def _contains(outer: tuple[int, int, int, int], inner: tuple[int, int, int, int]
           inner[3] <= outer[3])
 
 
-def _predict_tiles(image, tiles, predict_fn, tile_size, batch_size, settings):
-  """Runs predict_fn over all tiles; returns one Instances (tile pixels) per tile."""
+def _predict_tiles(image, tiles, predict_fn, tile_size, batch_size, settings, zoom):
+  """Runs predict_fn over all tiles, each magnified by `zoom` into a tile_size input;
+  returns one Instances (tile pixels) per tile."""
   found = []
+  placement = Letterbox(scale=zoom, pad_top=0.0, pad_left=0.0)
   for start in range(0, len(tiles), batch_size):
     chunk = tiles[start:start + batch_size]
     batch = np.zeros((batch_size, tile_size, tile_size, image.shape[-1]), np.float32)
     for slot, t in enumerate(chunk):
-      batch[slot, :t.height, :t.width] = image[t.y0:t.y0 + t.height, t.x0:t.x0 + t.width]
+      crop = image[t.y0:t.y0 + t.height, t.x0:t.x0 + t.width]
+      if zoom == 1.0:
+        batch[slot, :t.height, :t.width] = crop
+      else:  # the same bilinear resampling as the training letterbox; zeros past the crop.
+        batch[slot] = transforms2d.resize_image_window(crop, placement.source_window(tile_size),
+                                                       (tile_size, tile_size))
     found.extend(post.postprocess_batch(predict_fn({"image": batch}),
-                                        [(t.height, t.width) for t in chunk], settings=settings))
+                                        [(t.height, t.width) for t in chunk],
+                                        [placement] * len(chunk), settings))
   return found
 
 
 def segment_field(image: np.ndarray, predict_fn: Callable[[dict], dict], tile_size: int,
                   overlap: int, settings: post.PostprocessSettings = post.PostprocessSettings(),
-                  batch_size: int = 4, merge_iou: float = 0.5) -> post.Instances:
+                  batch_size: int = 4, merge_iou: float = 0.5,
+                  zoom: float = 1.0) -> post.Instances:
   """Instances of a whole field of view.
 
   Args:
@@ -85,10 +96,13 @@ def segment_field(image: np.ndarray, predict_fn: Callable[[dict], dict], tile_si
     predict_fn: {"image": [B, S, S, C] float32} -> head outputs (`models/yolo_decode`
       contract), e.g. `training.loop.make_predict_fn(task, state, mesh)`.
     tile_size: S, the network input size.
-    overlap: pixels shared by neighbouring tiles (< S).
+    overlap: input pixels shared by neighbouring tiles (< S).
     settings: post-processing of each tile.
-    batch_size: tiles per predict_fn call.
+    batch_size: tiles per predict_fn call (at most the number of tiles).
     merge_iou: mask IoU above which two instances from different tiles are one.
+    zoom: input pixels per image pixel (a network trained on magnified fields): a
+      tile covers S / zoom image pixels, magnified bilinearly to S, and its masks
+      are resampled straight back into image pixels.
   Returns:
     Instances in image pixels (masks [N, H, W]), by descending score.
   """
@@ -96,11 +110,15 @@ def segment_field(image: np.ndarray, predict_fn: Callable[[dict], dict], tile_si
     raise DataError("image", f"expected [H, W, C], got shape {image.shape}")
   if not 0 <= overlap < tile_size:
     raise DataError("overlap", f"must be in [0, tile_size={tile_size}), got {overlap}")
+  if zoom <= 0:
+    raise DataError("zoom", f"must be positive, got {zoom}")
   image_hw = image.shape[:2]
-  tiles = [Tile(y0, x0, min(tile_size, image_hw[0]), min(tile_size, image_hw[1]), image_hw)
-           for y0 in tile_origins(image_hw[0], tile_size, overlap)
-           for x0 in tile_origins(image_hw[1], tile_size, overlap)]
-  per_tile = _predict_tiles(image, tiles, predict_fn, tile_size, batch_size, settings)
+  span, span_overlap = int(tile_size / zoom), int(overlap / zoom)  # in image pixels
+  tiles = [Tile(y0, x0, min(span, image_hw[0]), min(span, image_hw[1]), image_hw)
+           for y0 in tile_origins(image_hw[0], span, span_overlap)
+           for x0 in tile_origins(image_hw[1], span, span_overlap)]
+  per_tile = _predict_tiles(image, tiles, predict_fn, tile_size, min(batch_size, len(tiles)),
+                            settings, zoom)
 
   interiors = [t.interior() for t in tiles]
   kept = []  # (tile, instances of that tile to keep)
