@@ -25,7 +25,6 @@ from typing import Callable
 
 import numpy as np
 
-from neuroseg_jax.data import transforms2d
 from neuroseg_jax.data.instance_targets import Letterbox
 from neuroseg_jax.errors import DataError
 from neuroseg_jax.evaluation import neuron_matching
@@ -64,6 +63,14 @@ def _contains(outer: tuple[int, int, int, int], inner: tuple[int, int, int, int]
           inner[3] <= outer[3])
 
 
+def _magnify(crop: np.ndarray, zoom: float, limit: int) -> np.ndarray:
+  """[h, w, C] -> [min(limit, ceil(h * zoom)), min(limit, ceil(w * zoom)), C], bilinear
+  with half-pixel centres (the convention masks are mapped back with)."""
+  rows, cols = (post.resample_matrix(min(limit, int(np.ceil(n * zoom))), 1 / zoom, 0.0, n, 1.0)
+                for n in crop.shape[:2])
+  return np.einsum("jw,iwc->ijc", cols, np.einsum("ih,hwc->iwc", rows, crop))
+
+
 def _predict_tiles(image, tiles, predict_fn, tile_size, batch_size, settings, zoom):
   """Runs predict_fn over all tiles, each magnified by `zoom` into a tile_size input;
   returns one Instances (tile pixels) per tile."""
@@ -76,9 +83,9 @@ def _predict_tiles(image, tiles, predict_fn, tile_size, batch_size, settings, zo
       crop = image[t.y0:t.y0 + t.height, t.x0:t.x0 + t.width]
       if zoom == 1.0:
         batch[slot, :t.height, :t.width] = crop
-      else:  # the same bilinear resampling as the training letterbox; zeros past the crop.
-        batch[slot] = transforms2d.resize_image_window(crop, placement.source_window(tile_size),
-                                                       (tile_size, tile_size))
+      else:
+        magnified = _magnify(crop, zoom, tile_size)
+        batch[slot, :magnified.shape[0], :magnified.shape[1]] = magnified
     found.extend(post.postprocess_batch(predict_fn({"image": batch}),
                                         [(t.height, t.width) for t in chunk],
                                         [placement] * len(chunk), settings))
@@ -101,8 +108,8 @@ def segment_field(image: np.ndarray, predict_fn: Callable[[dict], dict], tile_si
     batch_size: tiles per predict_fn call (at most the number of tiles).
     merge_iou: mask IoU above which two instances from different tiles are one.
     zoom: input pixels per image pixel (a network trained on magnified fields): a
-      tile covers S / zoom image pixels, magnified bilinearly to S, and its masks
-      are resampled straight back into image pixels.
+      tile covers S / zoom image pixels, magnified bilinearly to S (edge pixels
+      repeated), and its masks are resampled straight back into image pixels.
   Returns:
     Instances in image pixels (masks [N, H, W]), by descending score.
   """
