@@ -10,8 +10,9 @@ tile size run in one pass, larger ones in overlapping tiles
 (`evaluation.tiled_inference.segment_field`). A model trained at a zoom (its
 folder's input.zoom, e.g. 2 for `neuroseg-jax train --zoom 2`) sees each field
 magnified by it, tile by tile, and answers in the field's own pixels.
-Detections are kept at the model's confidence threshold, which was chosen on its training images and is
-stored in the model folder (`model_folder.py`); `conf_threshold=` overrides it.
+Detections are kept at the model's confidence threshold, which was chosen on its
+training images and is stored in the model folder (`model_folder.py`);
+`conf_threshold=` overrides it.
 """
 
 from __future__ import annotations
