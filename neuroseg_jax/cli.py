@@ -30,7 +30,11 @@ EXIT_BAD_INPUT = 2
 
 class _DefaultsAndExamples(argparse.ArgumentDefaultsHelpFormatter,
                            argparse.RawDescriptionHelpFormatter):
-  """Help text with every option's default and the example kept as written."""
+  """Help text with every option's default (none shown where it is None: the option's
+  help says what happens then) and the example kept as written."""
+
+  def _get_help_string(self, action):
+    return action.help if action.default is None else super()._get_help_string(action)
 
 
 def _parser(command: str, description: str, example: str) -> argparse.ArgumentParser:
