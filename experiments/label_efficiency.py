@@ -19,9 +19,12 @@ that no run trains on (demo.evaluate_held_out: mask IoU >= 0.5 matching, TP / FP
   --source abo  the 10 real ABO images (../shared/data/abo275): TiCo on all 10
       images without labels plus windowed max projections of the SIMA example movie
       (transductive: the test images are among the unlabeled images, as in the
-      issue's recipe); fine-tuning on the first b images on native-scale crops,
-      test on the last --held-out images (the same test images for every budget),
-      evaluated on whole fields letterboxed to 512. Seed s = training seed s.
+      issue's recipe); fine-tuning with the real-data recipe
+      (`configs/neuroseg3_seg.py:abo`: scale s, 160 px native-scale crops, batch 8,
+      400 steps, whole fields letterboxed to 512 at evaluation) on the first b of
+      the training images, tested on --val-images (default: the authors' split,
+      524691284_0 and 539670003_0; the same test images for every budget).
+      Seed s = training seed s.
 
 Writes WORKDIR/label_efficiency.{csv,json} (one row per run, then the mean / std
 over seeds per (init, budget) and the paired per-seed gain tico - scratch) and
@@ -54,7 +57,9 @@ import numpy as np
 matplotlib.use("Agg")
 from matplotlib import figure as mpl_figure  # pylint: disable=g-import-not-at-top
 
+from neuroseg_jax import config_loading  # pylint: disable=g-import-not-at-top
 from neuroseg_jax import demo  # pylint: disable=g-import-not-at-top
+from neuroseg_jax import runtime  # pylint: disable=g-import-not-at-top
 from neuroseg_jax.data import twophoton_sim  # pylint: disable=g-import-not-at-top
 from neuroseg_jax.training import loop  # pylint: disable=g-import-not-at-top
 from neuroseg_jax import tasks
@@ -70,10 +75,13 @@ ABO_TICO_AUGMENT = ("resized_crop(0.05,0.15,size={size})|flip_lr|flip_ud|rot90|b
                     "|contrast(0.2)|gamma(0.7,1.5)|blur(0.5,1.5,p=0.5)|noise(0.05)")
 SOURCE_DEFAULTS = {
     "simulated": {"budgets": "1,2,4", "seeds": "0,1,2", "tico_steps": 60, "finetune_steps": 120,
-                  "batch_size": 4, "held_out": 3, "train_seed": 0},
-    "abo": {"budgets": "1,4", "seeds": "0", "tico_steps": 100, "finetune_steps": 100,
-            "batch_size": 8, "held_out": 6, "train_seed": -1},
+                  "batch_size": 4, "held_out": 3, "train_seed": 0, "scale": "n"},
+    "abo": {"budgets": "1,2,4,8", "seeds": "0", "tico_steps": 300, "finetune_steps": 400,
+            "batch_size": 8, "train_seed": -1, "scale": "s"},
 }
+# The authors' validation images (their code reaches F1 0.862 there).
+AUTHORS_SPLIT = "524691284_0+539670003_0"
+CONFIGS = Path(__file__).resolve().parents[1] / "configs"
 INITS = ("scratch", "tico")
 RUN_COLUMNS = ("source", "seed", "train_seed", "budget", "init", "train_images", "held_out",
                "conf_threshold", "true_neurons", "tp", "fp", "fn", "precision", "recall", "f1",
@@ -179,7 +187,7 @@ def training_seed(args, seed: int) -> int:
 def settings_for(args, seed: int) -> demo.DemoSettings:
   """Demo settings of replicate `seed` (the simulated labeled data set's seed)."""
   return demo.DemoSettings(scale=args.scale, image_size=args.image_size,
-                           labeled_recordings=max(args.budgets) + args.held_out,
+                           labeled_recordings=max(args.budgets) + (args.held_out or 0),
                            tico_steps=args.tico_steps, finetune_steps=args.finetune_steps,
                            batch_size=args.batch_size, seed=seed)
 
@@ -200,14 +208,20 @@ def pretrain_config(args, seed: int):
 
 
 def finetune_config(args, seed: int, budget: int, pretrained: str):
-  """demo.finetune_config with the label budget and the held-out split."""
-  folder = args.abo_folder if args.source == "abo" else None
-  config = demo.finetune_config(settings_for(args, seed), folder, pretrained)
+  """The fine-tuning run of `budget` labeled images: the demo's (simulated) or the
+  real-data recipe's (abo), tested on the held-out images."""
+  if args.source == "abo":
+    config = config_loading.load_config(
+        f"{CONFIGS / 'neuroseg3_seg.py'}:abo,folder={args.abo_folder},scale={args.scale},"
+        f"num_train={budget},val_images={args.val_images},num_steps={args.finetune_steps},"
+        f"batch_size={args.batch_size},seed={training_seed(args, seed)},pretrained={pretrained}")
+    config.eval_every = 0
+    return config
+  config = demo.finetune_config(settings_for(args, seed), None, pretrained)
   config.seed = training_seed(args, seed)
   config.data.num_train = budget
   config.data.num_val = args.held_out
-  if args.source == "simulated":
-    config.data.source_args.update(args.sim_args)
+  config.data.source_args.update(args.sim_args)
   return config
 
 
@@ -241,17 +255,19 @@ def parse_args(argv=None):
   parser.add_argument("--workdir", required=True)
   parser.add_argument("--source", choices=sorted(SOURCE_DEFAULTS), default="simulated")
   parser.add_argument("--budgets", help="labeled training images, comma-separated "
-                      "(simulated 1,2,4; abo 1,4)")
+                      "(simulated 1,2,4; abo 1,2,4,8)")
   parser.add_argument("--seeds", help="comma-separated (simulated 0,1,2; abo 0)")
   parser.add_argument("--tico-steps", type=int)
   parser.add_argument("--finetune-steps", type=int)
   parser.add_argument("--batch-size", type=int)
-  parser.add_argument("--held-out", type=int, help="test images (simulated 3; abo 6)")
+  parser.add_argument("--held-out", type=int, help="simulated test recordings (3)")
+  parser.add_argument("--val-images", default=AUTHORS_SPLIT,
+                      help="abo test images, names joined by '+' (default: the authors' split)")
   parser.add_argument("--train-seed", type=int, help="training seed of every replicate; "
                       "-1: the replicate's seed (simulated 0; abo -1)")
   parser.add_argument("--image-size", type=int, default=128,
                       help="simulated field / training crop / TiCo view size")
-  parser.add_argument("--scale", default="n")
+  parser.add_argument("--scale", help="network scale (simulated n; abo s, the recipe's)")
   parser.add_argument("--sim-args", type=json.loads, default=HARDER_SIMULATION,
                       help="JSON dict of twophoton_sim.SimulationConfig fields")
   parser.add_argument("--abo-folder", default=str(SHARED_DATA / "abo275"))
@@ -272,6 +288,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> list[dict]:
   args = parse_args(argv)
+  runtime.keep_freed_memory()  # as training runs do (neuroseg_jax.main)
   os.makedirs(args.workdir, exist_ok=True)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)

@@ -89,8 +89,12 @@ def test_csv_json_and_plot(tmp_path):
 
 def test_source_defaults_and_bad_simulation_field():
   args = label_efficiency.parse_args(["--workdir", "w", "--source", "abo", "--budgets", "1,2"])
-  assert (args.budgets, args.seeds, args.held_out, args.train_seed) == ([1, 2], [0], 6, -1)
+  assert (args.budgets, args.seeds, args.scale, args.train_seed) == ([1, 2], [0], "s", -1)
   assert label_efficiency.training_seed(args, 3) == 3
+  config = label_efficiency.finetune_config(args, 3, 2, "tico_dir")
+  assert (config.data.num_train, config.data.val_images, config.data.image_size,
+          config.num_steps, config.seed, config.pretrained, config.model.scale) == (
+              2, label_efficiency.AUTHORS_SPLIT, 160, 400, 3, "tico_dir", "s")
   args = label_efficiency.parse_args(["--workdir", "w", "--sim-args", '{"motion_std": 1.0}'])
   assert (args.budgets, args.seeds, args.sim_args) == ([1, 2, 4], [0, 1, 2], {"motion_std": 1.0})
   assert label_efficiency.training_seed(args, 3) == 0
