@@ -123,8 +123,9 @@ class PeakAnonymousMemory:
 
 def run_stages(movie_path: Path, masks_path: Path, count: int) -> dict:
   """Times the stages on the first `count` frames; returns the measurements."""
+  runtime.keep_freed_memory()  # as the `neuroseg-jax` command does
+  runtime.enable_compilation_cache()
   memory = PeakAnonymousMemory()
-  runtime.enable_compilation_cache()  # as the `neuroseg-jax` command does
   masks = np.load(masks_path)
   movie = FirstFrames(open_movie(movie_path), count)
   model = predictor.load_model("builtin")

@@ -2,12 +2,16 @@
 
   python -m experiments.benchmark_train_step                 # 512 px, batch 8, windows 0 16
   python -m experiments.benchmark_train_step --mask-windows 16 --grad-accum 1 2 4 8
+  python -m experiments.benchmark_train_step --mask-windows 16 --malloc glibc keep --rounds 2
 
 The step is the project's own (`training/train_step.make_train_step`: forward,
 loss, backward, the recipe's optimizer), built for the task of
 `configs/neuroseg3_seg.py:abo` (model, loss settings, optimizer); variants change
 `loss.mask_window` (0 = the mask term on the full prototype map, K = on K x K crops
-around each box, the same loss: `losses/yolo_seg_loss.py`) and `grad_accum_steps`
+around each box, the same loss: `losses/yolo_seg_loss.py`), the allocator policy
+(--malloc: "keep" = `runtime.keep_freed_memory`, as the entry points run; "glibc" =
+glibc's defaults, under which every step maps and page-faults its temporaries
+afresh) and `grad_accum_steps`
 (the batch is split into that many micro-batches whose gradients are summed before
 one update; BatchNorm then normalises over each micro-batch), run as a loop or, with
 --unroll, written out one after another (`grad_accum_unroll`). The batch is synthetic: --instances neuron-sized
@@ -63,11 +67,12 @@ def _resident_gib() -> float:
 
 def run_variant(args) -> dict:
   """One variant in this process -> its figures."""
+  from neuroseg_jax import runtime  # pylint: disable=import-outside-toplevel
+  kept = args.malloc == "keep" and runtime.keep_freed_memory()  # before JAX's threads start
   import jax  # pylint: disable=import-outside-toplevel
 
   from experiments import benchmark_yolo_seg as bench  # pylint: disable=import-outside-toplevel
   from neuroseg_jax import config_loading  # pylint: disable=import-outside-toplevel
-  from neuroseg_jax import runtime  # pylint: disable=import-outside-toplevel
   from neuroseg_jax import tasks  # pylint: disable=import-outside-toplevel
   from neuroseg_jax.training import optimizers  # pylint: disable=import-outside-toplevel
   from neuroseg_jax.training import train_step  # pylint: disable=import-outside-toplevel
@@ -103,6 +108,7 @@ def run_variant(args) -> dict:
 
   seconds = bench.seconds_per_call(call_step, args.warmup, args.iters)
   return {"mask_window": args.mask_window, "grad_accum": args.grad_accum,
+          "malloc": args.malloc, "malloc_applied": kept,
           "images_per_s": args.batch / seconds, "step_s": seconds,
           "compile_s": compile_seconds, "cpu_s_all": time.process_time() - cpu_start,
           "loss": float(call_step()), "xla_gib": xla_bytes / 2**30,
@@ -121,40 +127,45 @@ def main():
                       help="micro-batches per step (each must divide --batch)")
   parser.add_argument("--unroll", action="store_true",
                       help="micro-batches unrolled (grad_accum_unroll) instead of a loop")
+  parser.add_argument("--malloc", nargs="+", choices=("keep", "glibc"), default=["keep"],
+                      help="allocator policies to compare (keep: as the entry points run)")
   parser.add_argument("--rounds", type=int, default=1)
   parser.add_argument("--iters", type=int, default=3)
   parser.add_argument("--warmup", type=int, default=1)
   parser.add_argument("--mask-window", type=int, default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.mask_window is not None:  # a child: one variant, figures as JSON on stdout
-    args.grad_accum = args.grad_accum[0]
+    args.grad_accum, args.malloc = args.grad_accum[0], args.malloc[0]
     print(json.dumps(run_variant(args)))
     return
   print(f"{RECIPE} model, loss and optimizer; {args.size} px, batch {args.batch}, "
         f"{args.instances} instances per image; {args.iters} timed steps after {args.warmup}")
-  print("| mask window | micro-batches | images/s | s / step | compile s | CPU s | XLA's "
-        "account GiB | resident after steps GiB | process peak GiB | loss |")
-  print("|---|---|---|---|---|---|---|---|---|---|")
-  variants = [(w, k) for w in args.mask_windows for k in args.grad_accum]
+  print("| mask window | micro-batches | malloc | images/s | s / step | compile s | CPU s | "
+        "XLA's account GiB | resident after steps GiB | process peak GiB | loss |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|")
+  variants = [(w, k, m) for w in args.mask_windows for k in args.grad_accum for m in args.malloc]
   results = []
   for _ in range(args.rounds):
-    for window, accum in variants:
+    for window, accum, malloc in variants:
       child = [sys.executable, "-m", "experiments.benchmark_train_step",
-               f"--mask-window={window}", f"--grad-accum={accum}", f"--size={args.size}",
+               f"--mask-window={window}", f"--grad-accum={accum}", f"--malloc={malloc}",
+               f"--size={args.size}",
                f"--batch={args.batch}", f"--instances={args.instances}",
                f"--iters={args.iters}", f"--warmup={args.warmup}"] + ["--unroll"] * args.unroll
       output = subprocess.run(child, check=True, capture_output=True, text=True).stdout
       r = json.loads(output.strip().splitlines()[-1])
       results.append(r)
-      print(f"| {window} | {accum} | {r['images_per_s']:.3f} | {r['step_s']:.2f} | "
+      policy = malloc + ("" if r["malloc_applied"] or malloc == "glibc" else " (not applied)")
+      print(f"| {window} | {accum} | {policy} | {r['images_per_s']:.3f} | {r['step_s']:.2f} | "
             f"{r['compile_s']:.0f} | {r['cpu_s_all']:.0f} | {r['xla_gib']:.2f} | "
             f"{r['resident_gib']:.2f} | {r['peak_rss_gib']:.2f} | {r['loss']:.4f} |",
             flush=True)
   best = {v: max(r["images_per_s"] for r in results
-                 if (r["mask_window"], r["grad_accum"]) == v) for v in variants}
+                 if (r["mask_window"], r["grad_accum"], r["malloc"]) == v) for v in variants}
   first = variants[0]
-  for (window, accum), value in best.items():
-    print(f"mask window {window}, {accum} micro-batches: best {value:.3f} images/s, "
+  for (window, accum, malloc), value in best.items():
+    print(f"mask window {window}, {accum} micro-batches, malloc {malloc}: "
+          f"best {value:.3f} images/s, "
           f"{value / best[first]:.2f}x the first variant")
 
 

@@ -334,6 +334,7 @@ def _run(debug: bool, job: Callable[[], object]) -> None:
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)
   from neuroseg_jax import runtime  # pylint: disable=g-import-not-at-top
+  runtime.keep_freed_memory()
   runtime.enable_compilation_cache()
   try:
     job()
