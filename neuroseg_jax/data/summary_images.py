@@ -154,14 +154,20 @@ def _add_frames(ref: jax.Array, window: int, n_valid, state: dict, inputs) -> tu
 @functools.partial(jax.jit, static_argnames="window", donate_argnums=0)
 def _accumulate(state: dict, chunk: jax.Array, n_valid, ref: jax.Array, window: int) -> dict:
   """Adds one chunk of zero-bordered frames [C, H + 2, W + 2] whose first n_valid
-  frames are real and the rest copies of `ref` [H + 2, W + 2] (see `staged_chunks`)."""
+  frames are real and the rest copies of `ref` [H + 2, W + 2] (see `staged_chunks`).
+
+  The scan over groups is unrolled: each group's reduction then reads a static
+  slice of the chunk, where the rolled loop's dynamic slice inside the reduction
+  made the kernel 3.2x slower (0.51-0.53 against 0.16 CPU-ms a 487 x 487 frame on
+  XLA:CPU's two threads, freed memory kept: `runtime.keep_freed_memory`).
+  """
   group = _group_size(window)
   num_groups = chunk.shape[0] // group
   groups = chunk.reshape(num_groups, group, *chunk.shape[1:])
   ends = (jnp.arange(num_groups) + 1) * group
   step = functools.partial(_add_frames, ref, window, n_valid)
   partial = {**state, **{k: jax.tree.map(jnp.zeros_like, state[k]) for k in _ADDITIVE}}
-  partial = jax.lax.scan(step, partial, (groups, ends))[0]
+  partial = jax.lax.scan(step, partial, (groups, ends), unroll=True)[0]
   return {**partial, **{k: jax.tree.map(jnp.add, state[k], partial[k]) for k in _ADDITIVE}}
 
 
