@@ -76,7 +76,12 @@ class Instances:
     return len(self.scores)
 
   def select(self, index) -> Instances:
-    """Subset by boolean mask or integer indices."""
+    """Subset by boolean mask or integer indices; `self` (no copy of the masks) when
+    the index keeps every instance in its place."""
+    index = np.asarray(index)
+    everything = np.ones(len(self), bool) if index.dtype == bool else np.arange(len(self))
+    if np.array_equal(index, everything):
+      return self
     return Instances(self.masks[index], self.scores[index], self.boxes[index],
                      self.classes[index])
 
