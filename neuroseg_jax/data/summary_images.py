@@ -73,11 +73,11 @@ def shift_zero(x: np.ndarray, d_row: int, d_col: int) -> np.ndarray:
 
 
 def staged_chunks(movie, chunk_size: int, fill=None, wait: Callable[[], object] = lambda: None,
-                  border: int = 0) -> Iterator[tuple[jax.Array, int]]:
+                  border: int = 0, readers: int = 1) -> Iterator[tuple[jax.Array, int]]:
   """`movies.stream_chunks` as device arrays: (frames [chunk_size, H + 2 border,
   W + 2 border], n_valid), which XLA:CPU reads from the aligned host buffers without
   a copy (hence `wait`, see there)."""
-  for chunk, n_valid in stream_chunks(movie, chunk_size, border, fill, wait):
+  for chunk, n_valid in stream_chunks(movie, chunk_size, border, fill, wait, readers=readers):
     yield jax.device_put(chunk), n_valid
 
 
@@ -194,11 +194,14 @@ def _finalize(state: dict, ref: np.ndarray, num_frames: int) -> dict:
   return {name: image.astype(np.float32) for name, image in images.items()}
 
 
-def compute_summary_images(movie, chunk_size: int = DEFAULT_CHUNK_SIZE, window: int = 10) -> dict:
+def compute_summary_images(movie, chunk_size: int = DEFAULT_CHUNK_SIZE, window: int = 10,
+                           readers: int = 2) -> dict:
   """Movie [T, H, W] (a Movie or an array) -> {name: [H, W] float32} for SUMMARY_NAMES.
 
   `chunk_size` frames are read and reduced at a time (rounded to a multiple of
-  `window`, the robust-max window). T must be at least `window`.
+  `window`, the robust-max window), each chunk by `readers` threads (reading and
+  motion correction, `movies.stream_chunks`: two took 7.7-7.8 s against 8.2-8.4 s
+  for 23,000 motion-corrected 487 x 487 frames). T must be at least `window`.
   """
   movie = as_movie(movie)
   num_frames, height, width = movie.shape
@@ -209,7 +212,7 @@ def compute_summary_images(movie, chunk_size: int = DEFAULT_CHUNK_SIZE, window: 
   ref = movie[:chunk_frames].mean(axis=0, dtype=np.float64).astype(np.float32)
   state, ref_on_device = _empty_state(height, width), jnp.asarray(np.pad(ref, 1))
   wait = lambda: jax.block_until_ready(state)  # sees the latest `state`.
-  for chunk, n_valid in staged_chunks(movie, chunk_frames, ref, wait, border=1):
+  for chunk, n_valid in staged_chunks(movie, chunk_frames, ref, wait, border=1, readers=readers):
     state = _accumulate(state, chunk, n_valid, ref_on_device, window)
   return _finalize(state, ref, num_frames)
 
