@@ -1,35 +1,39 @@
 """NeuroSeg-III training step with the real loss: images/s and peak memory per variant.
 
   python -m experiments.benchmark_train_step                 # 512 px, batch 8, windows 0 16
-  python -m experiments.benchmark_train_step --mask-windows 16 --grad-accum 1 2 4 8
+  python -m experiments.benchmark_train_step --mask-windows 16 --grad-accum 1 4 \
+      --forms unroll calls
   python -m experiments.benchmark_train_step --mask-windows 16 --malloc glibc keep --rounds 2
 
-The step is the project's own (`training/train_step.make_train_step`: forward,
-loss, backward, the recipe's optimizer), built for the task of
-`configs/neuroseg3_seg.py:abo` (model, loss settings, optimizer); variants change
-`loss.mask_window` (0 = the mask term on the full prototype map, K = on K x K crops
-around each box, the same loss: `losses/yolo_seg_loss.py`), the allocator policy
-(--malloc: "keep" = `runtime.keep_freed_memory`, as the entry points run; "glibc" =
-glibc's defaults, under which every step maps and page-faults its temporaries
-afresh) and `grad_accum_steps`
-(the batch is split into that many micro-batches whose gradients are summed before
-one update; BatchNorm then normalises over each micro-batch), run as a loop or, with
---unroll, written out one after another (`grad_accum_unroll`). The batch is synthetic: --instances neuron-sized
-boxes (12-48 px) with filled masks per image, padded to the recipe's
-data.max_instances slots with valid = False, as the data pipeline pads them.
+The step is the project's own (`training/train_step.jit_train_step`: forward, loss,
+backward, the recipe's optimizer), built for the task of `configs/neuroseg3_seg.py:abo`
+(model, loss settings, optimizer). Variants change:
+  * `loss.mask_window` (0 = the mask term on the full prototype map, K = on K x K
+    crops around each box, the same loss: `losses/yolo_seg_loss.py`);
+  * `grad_accum_steps` (the batch is split into that many micro-batches whose
+    gradients are summed before one update; BatchNorm then normalises over each
+    micro-batch) and its form, `grad_accum_form` (--forms: loop, unroll, calls);
+  * the allocator policy (--malloc: "keep" = `runtime.keep_freed_memory`, as the
+    entry points run; "glibc" = glibc's defaults, under which every step maps and
+    page-faults its temporaries afresh).
+The batch is synthetic: --instances neuron-sized boxes (12-48 px) with filled masks
+per image, padded to the recipe's data.max_instances slots with valid = False, as
+the data pipeline pads them.
 
 Each variant runs in its own process, so its memory figures are its own; with
 --rounds R the variants alternate R times (A B A B ...) so that a machine's drift
 hits all. Per run: steady-state images/s (mean over --iters steps after --warmup),
-compile seconds, CPU seconds, and three memory figures: XLA's own account of the
-compiled step (arguments + outputs + temporaries, `memory_analysis`: what one step
-needs), the process's resident memory after the steps (VmRSS: the step, the JAX
-runtime and what the allocator kept from compiling) and its peak over its whole
-life (ru_maxrss). Like training runs, the child uses JAX's persistent compilation
-cache: a variant's first run compiles (the peak includes compilation), and a later
-run of it (--rounds 2, or another invocation) loads the compiled step (compile
-seconds near 0), so its peak is the step's own plus the runtime's. The last lines give each variant's best
-images/s and its ratio to the first variant's.
+compile seconds (with the first step), CPU seconds,
+and three memory figures: XLA's own account of the compiled step (arguments +
+outputs + temporaries, `memory_analysis`: what one step needs; not given for
+"calls", which is several programs), the process's resident memory after the steps
+(VmRSS: the step, the JAX runtime and what the allocator kept from compiling) and
+its peak over its whole life (ru_maxrss). Like training runs, the child uses JAX's
+persistent compilation cache: a variant's first run compiles (the peak includes
+compilation), and a later run of it (--rounds 2, or another invocation) loads the
+compiled step (compile seconds near 0), so its peak is the step's own plus the
+runtime's. The last lines give each variant's best images/s and its ratio to the
+first variant's.
 """
 
 from __future__ import annotations
@@ -42,6 +46,8 @@ import sys
 import time
 
 import numpy as np
+
+from neuroseg_jax.training.train_step import GRAD_ACCUM_FORMS
 
 RECIPE = "configs/neuroseg3_seg.py:abo"
 
@@ -74,6 +80,7 @@ def run_variant(args) -> dict:
   from experiments import benchmark_yolo_seg as bench  # pylint: disable=import-outside-toplevel
   from neuroseg_jax import config_loading  # pylint: disable=import-outside-toplevel
   from neuroseg_jax import tasks  # pylint: disable=import-outside-toplevel
+  from neuroseg_jax.training import mesh as mesh_lib  # pylint: disable=import-outside-toplevel
   from neuroseg_jax.training import optimizers  # pylint: disable=import-outside-toplevel
   from neuroseg_jax.training import train_step  # pylint: disable=import-outside-toplevel
 
@@ -86,35 +93,45 @@ def run_variant(args) -> dict:
   config.batch_size, config.grad_accum_steps = args.batch, args.grad_accum
   task = tasks.build(config)
   tx, schedule = optimizers.make_optimizer(config)
+  mesh = mesh_lib.make_data_mesh(jax.devices()[:1])
   batch = jax.device_put(padded_batch(args.batch, args.size, args.instances,
-                                      config.data.max_instances))
+                                      config.data.max_instances), mesh_lib.batch_sharding(mesh))
   example = jax.tree.map(lambda x: x[:1], batch)
-  state = jax.jit(lambda r: train_step.initial_state(task, tx, r, example))(
-      jax.random.key(0, impl="rbg"))
-  seed = np.int32(0)
-  step_fn = jax.jit(train_step.make_train_step(task, tx, schedule, args.grad_accum,
-                                                args.unroll), donate_argnums=0)
+  init = lambda r: train_step.initial_state(task, tx, r, example)
+  rng = jax.random.key(0, impl="rbg")
+  shardings = mesh_lib.state_shardings(jax.eval_shape(init, rng), mesh)
+  state = jax.jit(init, out_shardings=shardings)(rng)
+  seed = mesh_lib.to_replicated(np.int32(0), mesh)
+  step_fn = train_step.jit_train_step(task, tx, schedule, args.grad_accum, args.form,
+                                      shardings, mesh)
   cpu_start, start = time.process_time(), time.perf_counter()
-  compiled = step_fn.lower(state, batch, seed).compile()
+  if hasattr(step_fn, "lower"):  # one program: compiled alone, with XLA's memory account
+    step_fn = step_fn.lower(state, batch, seed).compile()
+    analysis = step_fn.memory_analysis()
+    xla_gib = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes +
+               analysis.temp_size_in_bytes - analysis.alias_size_in_bytes) / 2**30
+  else:  # "calls": several programs, compiled by the first step
+    xla_gib = float("nan")
+  state = jax.block_until_ready(step_fn(state, batch, seed)[0])  # the first step, in every form
   compile_seconds = time.perf_counter() - start
-  analysis = compiled.memory_analysis()
-  xla_bytes = (analysis.argument_size_in_bytes + analysis.output_size_in_bytes +
-               analysis.temp_size_in_bytes - analysis.alias_size_in_bytes)
   holder = [state]
 
   def call_step():  # carries the donated state from call to call
-    holder[0], metrics = compiled(holder[0], batch, seed)
+    holder[0], metrics = step_fn(holder[0], batch, seed)
     return metrics["loss"]
 
   seconds = bench.seconds_per_call(call_step, args.warmup, args.iters)
-  return {"mask_window": args.mask_window, "grad_accum": args.grad_accum,
+  return {"mask_window": args.mask_window, "grad_accum": args.grad_accum, "form": args.form,
           "malloc": args.malloc, "malloc_applied": kept,
           "images_per_s": args.batch / seconds, "step_s": seconds,
           "compile_s": compile_seconds, "cpu_s_all": time.process_time() - cpu_start,
-          "loss": float(call_step()), "xla_gib": xla_bytes / 2**30,
+          "loss": float(call_step()), "xla_gib": xla_gib,
           "resident_gib": _resident_gib(),
           "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
           "device": str(jax.devices()[0].device_kind)}
+
+
+VARIANT_FIELDS = ("mask_window", "grad_accum", "form", "malloc")
 
 
 def main():
@@ -125,8 +142,8 @@ def main():
   parser.add_argument("--mask-windows", type=int, nargs="+", default=[0, 16])
   parser.add_argument("--grad-accum", type=int, nargs="+", default=[1],
                       help="micro-batches per step (each must divide --batch)")
-  parser.add_argument("--unroll", action="store_true",
-                      help="micro-batches unrolled (grad_accum_unroll) instead of a loop")
+  parser.add_argument("--forms", nargs="+", choices=GRAD_ACCUM_FORMS, default=["loop"],
+                      help="forms of accumulation to compare (config grad_accum_form)")
   parser.add_argument("--malloc", nargs="+", choices=("keep", "glibc"), default=["keep"],
                       help="allocator policies to compare (keep: as the entry points run)")
   parser.add_argument("--rounds", type=int, default=1)
@@ -135,38 +152,37 @@ def main():
   parser.add_argument("--mask-window", type=int, default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
   if args.mask_window is not None:  # a child: one variant, figures as JSON on stdout
-    args.grad_accum, args.malloc = args.grad_accum[0], args.malloc[0]
+    args.grad_accum, args.form, args.malloc = args.grad_accum[0], args.forms[0], args.malloc[0]
     print(json.dumps(run_variant(args)))
     return
   print(f"{RECIPE} model, loss and optimizer; {args.size} px, batch {args.batch}, "
         f"{args.instances} instances per image; {args.iters} timed steps after {args.warmup}")
-  print("| mask window | micro-batches | malloc | images/s | s / step | compile s | CPU s | "
-        "XLA's account GiB | resident after steps GiB | process peak GiB | loss |")
-  print("|---|---|---|---|---|---|---|---|---|---|---|")
-  variants = [(w, k, m) for w in args.mask_windows for k in args.grad_accum for m in args.malloc]
+  print("| mask window | micro-batches | form | malloc | images/s | s / step | compile s | "
+        "CPU s | XLA's account GiB | resident after steps GiB | process peak GiB | loss |")
+  print("|---|---|---|---|---|---|---|---|---|---|---|---|")
+  variants = [(w, k, f, m) for w in args.mask_windows for k in args.grad_accum
+              for f in (args.forms if k > 1 else args.forms[:1]) for m in args.malloc]
   results = []
   for _ in range(args.rounds):
-    for window, accum, malloc in variants:
+    for window, accum, form, malloc in variants:
       child = [sys.executable, "-m", "experiments.benchmark_train_step",
-               f"--mask-window={window}", f"--grad-accum={accum}", f"--malloc={malloc}",
-               f"--size={args.size}",
-               f"--batch={args.batch}", f"--instances={args.instances}",
-               f"--iters={args.iters}", f"--warmup={args.warmup}"] + ["--unroll"] * args.unroll
+               f"--mask-window={window}", f"--grad-accum={accum}", f"--forms={form}",
+               f"--malloc={malloc}", f"--size={args.size}", f"--batch={args.batch}",
+               f"--instances={args.instances}", f"--iters={args.iters}",
+               f"--warmup={args.warmup}"]
       output = subprocess.run(child, check=True, capture_output=True, text=True).stdout
       r = json.loads(output.strip().splitlines()[-1])
       results.append(r)
       policy = malloc + ("" if r["malloc_applied"] or malloc == "glibc" else " (not applied)")
-      print(f"| {window} | {accum} | {policy} | {r['images_per_s']:.3f} | {r['step_s']:.2f} | "
-            f"{r['compile_s']:.0f} | {r['cpu_s_all']:.0f} | {r['xla_gib']:.2f} | "
-            f"{r['resident_gib']:.2f} | {r['peak_rss_gib']:.2f} | {r['loss']:.4f} |",
-            flush=True)
+      print(f"| {window} | {accum} | {form} | {policy} | {r['images_per_s']:.3f} | "
+            f"{r['step_s']:.2f} | {r['compile_s']:.0f} | {r['cpu_s_all']:.0f} | "
+            f"{r['xla_gib']:.2f} | {r['resident_gib']:.2f} | {r['peak_rss_gib']:.2f} | "
+            f"{r['loss']:.4f} |", flush=True)
   best = {v: max(r["images_per_s"] for r in results
-                 if (r["mask_window"], r["grad_accum"], r["malloc"]) == v) for v in variants}
-  first = variants[0]
-  for (window, accum, malloc), value in best.items():
-    print(f"mask window {window}, {accum} micro-batches, malloc {malloc}: "
-          f"best {value:.3f} images/s, "
-          f"{value / best[first]:.2f}x the first variant")
+                 if tuple(r[k] for k in VARIANT_FIELDS) == v) for v in variants}
+  for (window, accum, form, malloc), value in best.items():
+    print(f"mask window {window}, {accum} micro-batches ({form}), malloc {malloc}: "
+          f"best {value:.3f} images/s, {value / best[variants[0]]:.2f}x the first variant")
 
 
 if __name__ == "__main__":

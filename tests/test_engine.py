@@ -9,10 +9,12 @@ import pytest
 from tests import toy_task
 from neuroseg_jax import config_args
 from neuroseg_jax import config_loading
+from neuroseg_jax.errors import ConfigError
 from neuroseg_jax import registry
 from neuroseg_jax.training import checkpointing
 from neuroseg_jax.training import loop
 from neuroseg_jax.training import mesh as mesh_lib
+from neuroseg_jax.training import train_step as train_step_lib
 from neuroseg_jax import tasks
 
 CPU = jax.devices("cpu")
@@ -145,18 +147,32 @@ def test_config_typos_name_the_field():
 
 
 def test_gradient_accumulation_matches_full_batch(tmp_path):
-  # Without BatchNorm and dropout, two accumulated half-batches give the full-batch gradient.
+  # Without BatchNorm and dropout, two accumulated half-batches give the full-batch gradient,
+  # in each form of accumulation.
   common = {"optimizer.warmup_steps": 0, "model.batch_norm": False, "model.dropout": 0.0}
-  full = toy_task.toy_config(num_steps=2, **common)
-  accum = toy_task.toy_config(num_steps=2, grad_accum_steps=2, **common)
-  unrolled = toy_task.toy_config(num_steps=2, grad_accum_steps=2, grad_accum_unroll=True,
-                                 **common)
-  a = _params(loop.train(tasks.build(full), str(tmp_path / "full"), devices=CPU[:2]))
-  b = _params(loop.train(tasks.build(accum), str(tmp_path / "accum"), devices=CPU[:2]))
-  c = _params(loop.train(tasks.build(unrolled), str(tmp_path / "unrolled"), devices=CPU[:2]))
-  _assert_trees_close(a, b, atol=1e-6)
-  _assert_trees_close(a, c, atol=1e-6)
-  losses = [[r["train/loss"] for r in loop.read_metrics(str(tmp_path / d)) if "train/loss" in r]
-            for d in ("full", "accum", "unrolled")]
-  np.testing.assert_allclose(losses[0], losses[1], rtol=1e-6)
-  np.testing.assert_allclose(losses[0], losses[2], rtol=1e-6)
+  runs = {"full": toy_task.toy_config(num_steps=2, **common)}
+  for form in train_step_lib.GRAD_ACCUM_FORMS:
+    runs[form] = toy_task.toy_config(num_steps=2, grad_accum_steps=2, grad_accum_form=form,
+                                     **common)
+  params = {name: _params(loop.train(tasks.build(config), str(tmp_path / name), devices=CPU[:2]))
+            for name, config in runs.items()}
+  losses = {name: [r["train/loss"] for r in loop.read_metrics(str(tmp_path / name))
+                   if "train/loss" in r] for name in runs}
+  for form in train_step_lib.GRAD_ACCUM_FORMS:
+    _assert_trees_close(params["full"], params[form], atol=1e-6)
+    np.testing.assert_allclose(losses["full"], losses[form], rtol=1e-6)
+
+
+def test_micro_batch_calls_equal_the_loop_with_batch_norm(tmp_path):
+  # With BatchNorm (statistics per micro-batch, carried from one to the next) and dropout
+  # (a key per micro-batch), one call per micro-batch computes what the loop computes.
+  runs = {form: toy_task.toy_config(num_steps=3, grad_accum_steps=2, grad_accum_form=form)
+          for form in ("loop", "calls")}
+  states = {form: loop.train(tasks.build(config), str(tmp_path / form), devices=CPU[:2])
+            for form, config in runs.items()}
+  _assert_trees_close(_params(states["loop"]), _params(states["calls"]), atol=1e-6)
+  _assert_trees_close(jax.device_get(states["loop"]["model_state"]),
+                      jax.device_get(states["calls"]["model_state"]), atol=1e-6)
+  with pytest.raises(ConfigError, match="grad_accum_form='twice'"):
+    loop.train(tasks.build(toy_task.toy_config(grad_accum_steps=2, grad_accum_form="twice")),
+               str(tmp_path / "bad"), devices=CPU[:2])

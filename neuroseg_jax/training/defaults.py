@@ -41,9 +41,10 @@ def base_config() -> ml_collections.ConfigDict:
       "seed": 0,
       "batch_size": 8,            # global batch, split over processes and devices
       "grad_accum_steps": 1,      # micro-batches per optimizer step
-      # False: micro-batches run in a loop, holding one micro-batch's activations (the
-      # memory saving); True: unrolled, XLA:CPU's faster form that saves no memory.
-      "grad_accum_unroll": False,
+      # loop: one program, micro-batches in a loop holding one micro-batch's activations
+      # (XLA:CPU runs it slowly); unroll: one program, written out (fast on CPU, saves no
+      # memory); calls: one compiled call per micro-batch (train_step.jit_train_step).
+      "grad_accum_form": "loop",
       "num_steps": 100,
       # Cadences: a fraction of num_steps (0 < v < 1) or steps; 0: only at the end.
       "log_every": 0.1,

@@ -131,11 +131,8 @@ def train(task: Task, workdir: str, devices: Sequence[jax.Device] | None = None,
     batches = batches_from(start_step)
     batch = next(batches, None)
 
-  step_fn = train_step_lib.make_train_step(task, tx, schedule, config.grad_accum_steps,
-                                           config.grad_accum_unroll)
-  step_fn = jax.jit(step_fn, in_shardings=(shardings, mesh_lib.batch_sharding(mesh),
-                                           mesh_lib.replicated(mesh)),
-                    out_shardings=(shardings, mesh_lib.replicated(mesh)), donate_argnums=0)
+  step_fn = train_step_lib.jit_train_step(task, tx, schedule, config.grad_accum_steps,
+                                          config.grad_accum_form, shardings, mesh)
   if start_step < config.num_steps:
     logging.info("compiling the training step (the first step waits for it; later runs "
                  "of the same model reuse the compilation cache)")

@@ -32,7 +32,7 @@ RECORD = "run.json"
 OUTPUTS = ("checkpoints", "metrics.jsonl", "tensorboard", "config.json", RECORD)
 IGNORED_FIELDS = frozenset({"num_steps", "log_every", "eval_every", "checkpoint_every",
                             "keep_checkpoints", "checkpoint_async", "data_workers", "prefetch",
-                            "grad_accum_unroll"})
+                            "grad_accum_form"})
 # Config groups that say how a run is evaluated, not what is trained: a finished run can
 # be evaluated again with other settings (e.g. a wider post-processing grid).
 IGNORED_GROUPS = ("eval.",)

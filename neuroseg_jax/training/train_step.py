@@ -10,9 +10,15 @@ from typing import Any, Callable
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 import optax
+from jax.sharding import Mesh
 
+from neuroseg_jax.errors import ConfigError
+from neuroseg_jax.training import mesh as mesh_lib
 from neuroseg_jax.training.task import Task
+
+GRAD_ACCUM_FORMS = ("loop", "unroll", "calls")
 
 
 def _micro_batches(batch: dict, num: int) -> dict:
@@ -29,6 +35,30 @@ def _micro_batches(batch: dict, num: int) -> dict:
   return jax.tree.map(split, batch)
 
 
+def _loss_and_grads(task: Task, params, model_state, batch, rng, step):
+  """(loss, metrics, new model_state, gradients) of one (micro-)batch."""
+  grad_fn = jax.value_and_grad(task.loss_fn, has_aux=True)
+  (loss, (metrics, model_state)), grads = grad_fn(params, model_state, batch, rng, step)
+  return loss, metrics, model_state, grads
+
+
+def _apply_gradients(task: Task, tx: optax.GradientTransformation, schedule: Callable,
+                     state: dict, loss, metrics: dict, model_state, grads) -> tuple[dict, dict]:
+  """One optimizer update of `state` with `grads`; returns (new state, metrics)."""
+  step = state["step"]
+  updates, opt_state = tx.update(grads, state["opt"], state["params"])
+  params = optax.apply_updates(state["params"], updates)
+  model_state = task.after_update(params, model_state, step)
+  metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
+             "learning_rate": schedule(step)}
+  return {"step": step + 1, "params": params, "model_state": model_state,
+          "opt": opt_state}, metrics
+
+
+def _step_rng(seed: jax.Array, step: jax.Array) -> jax.Array:
+  return jax.random.fold_in(jax.random.key(seed), step)
+
+
 def make_train_step(task: Task, tx: optax.GradientTransformation, schedule: Callable,
                     grad_accum_steps: int = 1, unroll: bool = False) -> Callable:
   """Returns `train_step(state, batch, seed) -> (state, metrics)` (not yet jitted).
@@ -40,23 +70,20 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, schedule: Call
   loop's body ~4.6x slower. `unroll` writes the micro-batches out one after another
   instead: no memory saving (4.96 GiB), and on the 2-core CPU 1.56x the images/s of
   one pass (smaller convolutions; `experiments/benchmark_train_step.py`).
+  `jit_train_step`'s "calls" form has both: one compiled call per micro-batch.
 
   The run's seed (an int32 [] array) is an argument, not a captured constant, so
   runs that differ only in their seed share one compiled step (in process and in
-  the persistent compilation cache). Step `s` uses `fold_in(key(seed), s)`.
+  the persistent compilation cache). Step `s` uses `fold_in(key(seed), s)`, and
+  micro-batch k `fold_in` of that with k.
   """
-
-  def loss_and_grads(params, model_state, batch, rng, step):
-    grad_fn = jax.value_and_grad(task.loss_fn, has_aux=True)
-    (loss, (metrics, model_state)), grads = grad_fn(params, model_state, batch, rng, step)
-    return loss, metrics, model_state, grads
 
   def accumulated(params, model_state, batch, rng, step):
     def body(carry, micro):
       index, micro_batch = micro
       model_state, grad_sum, loss_sum, metric_sum = carry
-      loss, metrics, model_state, grads = loss_and_grads(
-          params, model_state, micro_batch, jax.random.fold_in(rng, index), step)
+      loss, metrics, model_state, grads = _loss_and_grads(
+          task, params, model_state, micro_batch, jax.random.fold_in(rng, index), step)
       carry = (model_state, jax.tree.map(jnp.add, grad_sum, grads), loss_sum + loss,
                jax.tree.map(jnp.add, metric_sum, metrics))
       return carry, None
@@ -64,7 +91,7 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, schedule: Call
     micro = _micro_batches(batch, grad_accum_steps)
     first = jax.tree.map(lambda x: x[0], micro)
     metric_shapes = jax.eval_shape(
-        lambda: loss_and_grads(params, model_state, first, rng, step)[1])
+        lambda: _loss_and_grads(task, params, model_state, first, rng, step)[1])
     zeros = lambda tree: jax.tree.map(lambda x: jnp.zeros(x.shape, x.dtype), tree)
     init = (model_state, zeros(params), jnp.zeros([], jnp.float32), zeros(metric_shapes))
     (model_state, grads, loss, metrics), _ = jax.lax.scan(
@@ -73,23 +100,77 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, schedule: Call
     return (loss * scale, jax.tree.map(lambda m: m * scale, metrics), model_state,
             jax.tree.map(lambda g: g * scale, grads))
 
-  compute = loss_and_grads if grad_accum_steps == 1 else accumulated
-
   def train_step(state: dict, batch: dict, seed: jax.Array) -> tuple[dict, dict]:
-    step = state["step"]
-    rng = jax.random.fold_in(jax.random.key(seed), step)
-    loss, metrics, model_state, grads = compute(state["params"], state["model_state"], batch,
-                                                rng, step)
-    updates, opt_state = tx.update(grads, state["opt"], state["params"])
-    params = optax.apply_updates(state["params"], updates)
-    model_state = task.after_update(params, model_state, step)
-    metrics = {**metrics, "loss": loss, "grad_norm": optax.tree.norm(grads),
-               "learning_rate": schedule(step)}
-    new_state = {"step": step + 1, "params": params, "model_state": model_state,
-                 "opt": opt_state}
-    return new_state, metrics
+    rng = _step_rng(seed, state["step"])
+    if grad_accum_steps == 1:
+      computed = _loss_and_grads(task, state["params"], state["model_state"], batch, rng,
+                                 state["step"])
+    else:
+      computed = accumulated(state["params"], state["model_state"], batch, rng, state["step"])
+    return _apply_gradients(task, tx, schedule, state, *computed)
 
   return train_step
+
+
+def _micro_batch_calls(task: Task, tx: optax.GradientTransformation, schedule: Callable,
+                       num: int, state_shardings: Any, mesh: Mesh) -> Callable:
+  """The "calls" form of `jit_train_step`: split the batch, one compiled call per
+  micro-batch (the first starts the sums, the others add to them in place), one
+  compiled update. Same values as the loop form."""
+  replicated, by_example = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
+  split = jax.jit(lambda batch: tuple(jax.tree.map(lambda x: x[k], _micro_batches(batch, num))
+                                      for k in range(num)), out_shardings=by_example)
+
+  def first(params, model_state, micro_batch, seed, step, index):
+    rng = jax.random.fold_in(_step_rng(seed, step), index)
+    loss, metrics, model_state, grads = _loss_and_grads(task, params, model_state,
+                                                        micro_batch, rng, step)
+    return model_state, (grads, loss, metrics)
+
+  def add(sums, params, model_state, micro_batch, seed, step, index):
+    model_state, terms = first(params, model_state, micro_batch, seed, step, index)
+    return model_state, jax.tree.map(jnp.add, sums, terms)
+
+  def finish(state, model_state, sums):
+    grads, loss, metrics = jax.tree.map(lambda x: x / num, sums)
+    return _apply_gradients(task, tx, schedule, state, loss, metrics, model_state, grads)
+
+  sums_shardings = (state_shardings["params"], replicated, replicated)
+  micro_shardings = (state_shardings["model_state"], sums_shardings)
+  first = jax.jit(first, out_shardings=micro_shardings)
+  add = jax.jit(add, out_shardings=micro_shardings, donate_argnums=(0, 2))
+  finish = jax.jit(finish, out_shardings=(state_shardings, replicated), donate_argnums=(0, 2))
+  indices = [mesh_lib.to_replicated(np.int32(k), mesh) for k in range(num)]
+
+  def train_step(state: dict, batch: dict, seed: jax.Array) -> tuple[dict, dict]:
+    parts = split(batch)
+    args = (seed, state["step"])
+    model_state, sums = first(state["params"], state["model_state"], parts[0], *args, indices[0])
+    for part, index in zip(parts[1:], indices[1:]):
+      model_state, sums = add(sums, state["params"], model_state, part, *args, index)
+    return finish(state, model_state, sums)
+
+  return train_step
+
+
+def jit_train_step(task: Task, tx: optax.GradientTransformation, schedule: Callable,
+                   grad_accum_steps: int, grad_accum_form: str, state_shardings: Any,
+                   mesh: Mesh) -> Callable:
+  """The step as the engine runs it: `step(state, batch, seed) -> (state, metrics)` on
+  global arrays (state donated). Forms of gradient accumulation (GRAD_ACCUM_FORMS):
+  "loop" and "unroll" compile the whole step as one program (`make_train_step`);
+  "calls" compiles one call per micro-batch and one update, so only one micro-batch's
+  activations are held and each call is as fast as the unrolled form's parts."""
+  if grad_accum_form not in GRAD_ACCUM_FORMS:
+    raise ConfigError(f"grad_accum_form={grad_accum_form!r}; valid choices: "
+                      f"{', '.join(GRAD_ACCUM_FORMS)}")
+  if grad_accum_form == "calls" and grad_accum_steps > 1:
+    return _micro_batch_calls(task, tx, schedule, grad_accum_steps, state_shardings, mesh)
+  replicated = mesh_lib.replicated(mesh)
+  return jax.jit(make_train_step(task, tx, schedule, grad_accum_steps,
+                                 grad_accum_form == "unroll"),
+                 in_shardings=(state_shardings, mesh_lib.batch_sharding(mesh), replicated),
+                 out_shardings=(state_shardings, replicated), donate_argnums=0)
 
 
 def initial_state(task: Task, tx: optax.GradientTransformation, rng: jax.Array,
