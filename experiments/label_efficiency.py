@@ -240,8 +240,9 @@ def finetune_and_score(args, seed: int, budget: int, init: str, tico_dir: str) -
   workdir = os.path.dirname(path)
   config = finetune_config(args, seed, budget, tico_dir if init == "tico" else "")
   start = time.time()
-  state = loop.train(tasks.build(config), workdir, devices=jax.devices()[:1])
-  result = demo.evaluate_held_out(config, state, workdir)
+  task = tasks.build(config)
+  state = loop.train(task, workdir, devices=jax.devices()[:1])
+  result = demo.evaluate_held_out(task, state, workdir)
   row = {"source": args.source, "seed": seed, "train_seed": config.seed, "budget": budget,
          "init": init, "train_images": config.data.num_train, **result,
          "held_out": ";".join(result["held_out"]), "seconds": round(time.time() - start, 1)}
