@@ -161,7 +161,7 @@ def main():
         "CPU s | XLA's account GiB | resident after steps GiB | process peak GiB | loss |")
   print("|---|---|---|---|---|---|---|---|---|---|---|---|")
   variants = [(w, k, f, m) for w in args.mask_windows for k in args.grad_accum
-              for f in (args.forms if k > 1 else args.forms[:1]) for m in args.malloc]
+              for f in (args.forms if k > 1 else ["loop"]) for m in args.malloc]
   results = []
   for _ in range(args.rounds):
     for window, accum, form, malloc in variants:

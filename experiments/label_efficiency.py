@@ -267,7 +267,8 @@ def parse_args(argv=None):
   parser.add_argument("--train-seed", type=int, help="training seed of every replicate; "
                       "-1: the replicate's seed (simulated 0; abo -1)")
   parser.add_argument("--image-size", type=int, default=128,
-                      help="simulated field / training crop / TiCo view size")
+                      help="TiCo view size; simulated: also field and crop size (abo "
+                      "crops are the recipe's)")
   parser.add_argument("--scale", help="network scale (simulated n; abo s, the recipe's)")
   parser.add_argument("--sim-args", type=json.loads, default=HARDER_SIMULATION,
                       help="JSON dict of twophoton_sim.SimulationConfig fields")

@@ -16,8 +16,9 @@ mmap threshold (at most 32 MiB) with a new mapping that it unmaps on free, so ea
 call page-faults and zeroes its whole temporary buffer again: gigabytes per
 NeuroSeg-III training step (1.14x the images/s with them kept), 35 MB per 50 frames
 in the summary-image kernel (0.17-0.27 against 0.16 CPU-ms a frame kept, on the idle
-2-core CPU; 0.5 against 0.16 on one core of a busy one). `NEUROSEG_JAX_KEEP_FREED_MEMORY=off` leaves malloc as it is
-(less memory for some programs, see `keep_freed_memory`).
+2-core CPU; 0.5 against 0.16 on one core of a busy one).
+`NEUROSEG_JAX_KEEP_FREED_MEMORY=off` leaves malloc as it is (less memory for some
+programs, see `keep_freed_memory`).
 """
 
 from __future__ import annotations
