@@ -14,7 +14,8 @@ backward, the recipe's optimizer), built for the task of `configs/neuroseg3_seg.
     gradients are summed before one update; BatchNorm then normalises over each
     micro-batch) and its form, `grad_accum_form` (--forms: loop, unroll, calls);
   * the allocator policy (--malloc: "keep" = `runtime.keep_freed_memory`, as the
-    entry points run; "glibc" = glibc's defaults, under which every step maps and
+    entry points run: freed memory kept, calls one after another; "glibc" = glibc's
+    defaults and JAX's asynchronous dispatch, under which every call maps and
     page-faults its temporaries afresh).
 The batch is synthetic: --instances neuron-sized boxes (12-48 px) with filled masks
 per image, padded to the recipe's data.max_instances slots with valid = False, as
@@ -53,7 +54,8 @@ RECIPE = "configs/neuroseg3_seg.py:abo"
 
 
 def padded_batch(batch: int, size: int, instances: int, slots: int) -> dict:
-  """experiments.benchmark_yolo_seg.synthetic_batch with [B, slots] instance slots."""
+  """experiments.benchmark_yolo_seg.synthetic_batch with [B, slots] instance slots and
+  uint8 masks, as the data pipeline makes them (`data/instance_targets.py`)."""
   from experiments.benchmark_yolo_seg import synthetic_batch  # pylint: disable=import-outside-toplevel
   real = synthetic_batch(batch, size, instances)
   pad = slots - instances
@@ -61,7 +63,7 @@ def padded_batch(batch: int, size: int, instances: int, slots: int) -> dict:
           "boxes": np.pad(real["boxes"], ((0, 0), (0, pad), (0, 0))),
           "classes": np.pad(real["classes"], ((0, 0), (0, pad))),
           "valid": np.pad(real["valid"], ((0, 0), (0, pad))),
-          "masks": np.pad(real["masks"], ((0, 0), (0, pad), (0, 0), (0, 0)))}
+          "masks": np.pad(real["masks"].astype(np.uint8), ((0, 0), (0, pad), (0, 0), (0, 0)))}
 
 
 def _resident_gib() -> float:

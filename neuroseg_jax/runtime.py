@@ -16,9 +16,12 @@ mmap threshold (at most 32 MiB) with a new mapping that it unmaps on free, so ea
 call page-faults and zeroes its whole temporary buffer again: gigabytes per
 NeuroSeg-III training step (1.14x the images/s with them kept), 35 MB per 50 frames
 in the summary-image kernel (0.17-0.27 against 0.16 CPU-ms a frame kept, on the idle
-2-core CPU; 0.5 against 0.16 on one core of a busy one).
-`NEUROSEG_JAX_KEEP_FREED_MEMORY=off` leaves malloc as it is (less memory for some
-programs, see `keep_freed_memory`).
+2-core CPU; 0.5 against 0.16 on one core of a busy one). Calls then run one after
+another (JAX's asynchronous dispatch on CPU off): dispatched ahead, a call allocates
+its buffers while the previous call still holds its own, so the kept memory would
+hold two or more copies of the largest buffer.
+`NEUROSEG_JAX_KEEP_FREED_MEMORY=off` leaves malloc and dispatch as they are (less
+memory for some programs, see `keep_freed_memory`).
 """
 
 from __future__ import annotations
@@ -68,21 +71,23 @@ def enable_compilation_cache(directory: str | None = None,
 
 
 def keep_freed_memory() -> bool:
-  """Makes glibc's malloc reuse freed memory in place (see the module docstring):
-  later calls of a compiled program find their buffers mapped already. The process
-  keeps its high-water mark until it exits, and the peak can be higher: a freed
-  block is reused only by requests that fit in it (a NeuroSeg-III step at 512 px in
-  4 micro-batch calls peaked at 5.5 GiB kept, 3.0 GiB with glibc's defaults; the
-  reads of `segment` at 650 against 780 MiB). Applies
-  only on Linux with glibc and before JAX starts its threads (entry points call it
-  first); returns whether it applied."""
+  """Makes glibc's malloc reuse freed memory in place and JAX run CPU calls one after
+  another (see the module docstring): later calls find their buffers mapped already,
+  where the previous call freed them. The process keeps its high-water mark until it
+  exits (a NeuroSeg-III step at 512 px, batch 8, in 4 micro-batch calls: 2.3 GiB,
+  against 2.8 GiB with glibc's defaults and asynchronous dispatch). Applies only on
+  Linux with glibc and before JAX starts its threads and its CPU client (entry points
+  call it first); returns whether it applied."""
   if os.environ.get(MEMORY_ENV, "on").lower() in _OFF or platform.system() != "Linux":
     return False
   try:
     mallopt = ctypes.CDLL(None).mallopt  # the process's C library
   except (OSError, AttributeError):
     return False
-  return all(mallopt(option, value) == 1 for option, value in _MALLOPT_SETTINGS)
+  if not all(mallopt(option, value) == 1 for option, value in _MALLOPT_SETTINGS):
+    return False
+  jax.config.update("jax_cpu_enable_async_dispatch", False)
+  return True
 
 
 def hardware_description() -> str:

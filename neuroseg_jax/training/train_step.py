@@ -114,40 +114,43 @@ def make_train_step(task: Task, tx: optax.GradientTransformation, schedule: Call
 
 def _micro_batch_calls(task: Task, tx: optax.GradientTransformation, schedule: Callable,
                        num: int, state_shardings: Any, mesh: Mesh) -> Callable:
-  """The "calls" form of `jit_train_step`: split the batch, one compiled call per
-  micro-batch (the first starts the sums, the others add to them in place), one
-  compiled update. Same values as the loop form."""
-  replicated, by_example = mesh_lib.replicated(mesh), mesh_lib.batch_sharding(mesh)
-  split = jax.jit(lambda batch: tuple(jax.tree.map(lambda x: x[k], _micro_batches(batch, num))
-                                      for k in range(num)), out_shardings=by_example)
+  """The "calls" form of `jit_train_step`: one compiled call per micro-batch, which
+  adds its terms to the sums in place, then one compiled update. Each call takes the
+  whole batch and its micro-batch index and cuts its rows inside, so the micro-batches
+  are never held as separate arrays, and every micro-batch runs the same program, so
+  its buffers fit where the previous one's were freed. Same values as the loop form."""
+  replicated = mesh_lib.replicated(mesh)
 
-  def first(params, model_state, micro_batch, seed, step, index):
+  def terms(params, model_state, batch, seed, step, index):
     rng = jax.random.fold_in(_step_rng(seed, step), index)
+    micro_batch = jax.tree.map(lambda x: jax.lax.dynamic_index_in_dim(x, index, 0, False),
+                               _micro_batches(batch, num))
     loss, metrics, model_state, grads = _loss_and_grads(task, params, model_state,
                                                         micro_batch, rng, step)
     return model_state, (grads, loss, metrics)
 
-  def add(sums, params, model_state, micro_batch, seed, step, index):
-    model_state, terms = first(params, model_state, micro_batch, seed, step, index)
-    return model_state, jax.tree.map(jnp.add, sums, terms)
+  def add(sums, params, model_state, batch, seed, step, index):
+    model_state, new = terms(params, model_state, batch, seed, step, index)
+    return model_state, jax.tree.map(jnp.add, sums, new)
 
   def finish(state, model_state, sums):
     grads, loss, metrics = jax.tree.map(lambda x: x / num, sums)
     return _apply_gradients(task, tx, schedule, state, loss, metrics, model_state, grads)
 
   sums_shardings = (state_shardings["params"], replicated, replicated)
-  micro_shardings = (state_shardings["model_state"], sums_shardings)
-  first = jax.jit(first, out_shardings=micro_shardings)
-  add = jax.jit(add, out_shardings=micro_shardings, donate_argnums=(0, 2))
+  zeros = jax.jit(lambda *args: jax.tree.map(jnp.zeros_like, jax.eval_shape(terms, *args)[1]),
+                  out_shardings=sums_shardings)
+  add = jax.jit(add, out_shardings=(state_shardings["model_state"], sums_shardings),
+                donate_argnums=(0, 2))
   finish = jax.jit(finish, out_shardings=(state_shardings, replicated), donate_argnums=(0, 2))
   indices = [mesh_lib.to_replicated(np.int32(k), mesh) for k in range(num)]
 
   def train_step(state: dict, batch: dict, seed: jax.Array) -> tuple[dict, dict]:
-    parts = split(batch)
-    args = (seed, state["step"])
-    model_state, sums = first(state["params"], state["model_state"], parts[0], *args, indices[0])
-    for part, index in zip(parts[1:], indices[1:]):
-      model_state, sums = add(sums, state["params"], model_state, part, *args, index)
+    args = (batch, seed, state["step"])
+    model_state, sums = state["model_state"], zeros(state["params"], state["model_state"],
+                                                    *args, indices[0])
+    for index in indices:
+      model_state, sums = add(sums, state["params"], model_state, *args, index)
     return finish(state, model_state, sums)
 
   return train_step
