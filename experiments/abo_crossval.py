@@ -191,7 +191,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> list[dict]:
   args = parse_args(argv)
-  runtime.keep_freed_memory()  # as training runs do (neuroseg_jax.main)
+  runtime.keep_freed_memory(calls_in_order=True)  # as training runs do (neuroseg_jax.main)
   os.makedirs(args.workdir, exist_ok=True)
   # Every fold compiles the same step and predict functions: reuse them from disk.
   jax.config.update("jax_compilation_cache_dir", os.path.join(args.workdir, "xla_cache"))

@@ -13,8 +13,8 @@ backward, the recipe's optimizer), built for the task of `configs/neuroseg3_seg.
   * `grad_accum_steps` (the batch is split into that many micro-batches whose
     gradients are summed before one update; BatchNorm then normalises over each
     micro-batch) and its form, `grad_accum_form` (--forms: loop, unroll, calls);
-  * the allocator policy (--malloc: "keep" = `runtime.keep_freed_memory`, as the
-    entry points run: freed memory kept, calls one after another; "glibc" = glibc's
+  * the allocator policy (--malloc: "keep" = `runtime.keep_freed_memory`, as training
+    runs: freed memory kept, calls one after another; "glibc" = glibc's
     defaults and JAX's asynchronous dispatch, under which every call maps and
     page-faults its temporaries afresh).
 The batch is synthetic: --instances neuron-sized boxes (12-48 px) with filled masks
@@ -76,7 +76,7 @@ def _resident_gib() -> float:
 def run_variant(args) -> dict:
   """One variant in this process -> its figures."""
   from neuroseg_jax import runtime  # pylint: disable=import-outside-toplevel
-  kept = args.malloc == "keep" and runtime.keep_freed_memory()  # before JAX's threads start
+  kept = args.malloc == "keep" and runtime.keep_freed_memory(calls_in_order=True)  # first
   import jax  # pylint: disable=import-outside-toplevel
 
   from experiments import benchmark_yolo_seg as bench  # pylint: disable=import-outside-toplevel

@@ -290,7 +290,7 @@ def parse_args(argv=None):
 
 def main(argv=None) -> list[dict]:
   args = parse_args(argv)
-  runtime.keep_freed_memory()  # as training runs do (neuroseg_jax.main)
+  runtime.keep_freed_memory(calls_in_order=True)  # as training runs do (neuroseg_jax.main)
   os.makedirs(args.workdir, exist_ok=True)
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)

@@ -66,7 +66,8 @@ def _demo(argv: list[str]) -> None:
   args = parser.parse_args(argv)
   settings = demo.DemoSettings(**{f.name: getattr(args, f.name)
                                   for f in dataclasses.fields(defaults)})
-  _run(args.debug, lambda: demo.run_demo(args.workdir, args.data, settings, args.overwrite))
+  _run(args.debug, lambda: demo.run_demo(args.workdir, args.data, settings, args.overwrite),
+       trains=True)
 
 
 def _segment(argv: list[str]) -> None:
@@ -153,7 +154,7 @@ def _train(argv: list[str]) -> None:
       print(f"{name}: {value}")
     print(f"model written to {args.out}")
 
-  _run(args.debug, job)
+  _run(args.debug, job, trains=True)
 
 
 def _evaluate(argv: list[str]) -> None:
@@ -237,7 +238,7 @@ def _train_em(argv: list[str]) -> None:
       print(f"{name}: {value}")
     print(f"model written to {args.out}")
 
-  _run(args.debug, job)
+  _run(args.debug, job, trains=True)
 
 
 def _segment_em(argv: list[str]) -> None:
@@ -307,7 +308,7 @@ def _pretrain_em(argv: list[str]) -> None:
     print(f"run written to {args.out}; use it with `neuroseg-jax train-em --model unetr "
           f"--pretrained {args.out}`")
 
-  _run(args.debug, job)
+  _run(args.debug, job, trains=True)
 
 
 COMMANDS: dict[str, tuple[Callable[[list[str]], None], str]] = {
@@ -329,12 +330,13 @@ def _usage() -> str:
   return "\n".join(lines)
 
 
-def _run(debug: bool, job: Callable[[], object]) -> None:
-  """Runs `job`, turning user errors into one line on stderr and exit code 2."""
+def _run(debug: bool, job: Callable[[], object], trains: bool = False) -> None:
+  """Runs `job`, turning user errors into one line on stderr and exit code 2. A job that
+  `trains` runs its computations one after another (`runtime.keep_freed_memory`)."""
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)
   from neuroseg_jax import runtime  # pylint: disable=g-import-not-at-top
-  runtime.keep_freed_memory()
+  runtime.keep_freed_memory(calls_in_order=trains)
   runtime.enable_compilation_cache()
   try:
     job()

@@ -52,7 +52,7 @@ example:
 def main(argv: list[str]) -> None:
   if len(argv) > 1:
     raise app.UsageError(f"unexpected arguments: {argv[1:]}")
-  runtime.keep_freed_memory()
+  runtime.keep_freed_memory(calls_in_order=True)
   mesh_lib.maybe_initialize_distributed()
   runtime.enable_compilation_cache()
   from neuroseg_jax import tasks  # pylint: disable=g-import-not-at-top

@@ -16,10 +16,12 @@ mmap threshold (at most 32 MiB) with a new mapping that it unmaps on free, so ea
 call page-faults and zeroes its whole temporary buffer again: gigabytes per
 NeuroSeg-III training step (1.14x the images/s with them kept), 35 MB per 50 frames
 in the summary-image kernel (0.17-0.27 against 0.16 CPU-ms a frame kept, on the idle
-2-core CPU; 0.5 against 0.16 on one core of a busy one). Calls then run one after
-another (JAX's asynchronous dispatch on CPU off): dispatched ahead, a call allocates
-its buffers while the previous call still holds its own, so the kept memory would
-hold two or more copies of the largest buffer.
+2-core CPU; 0.5 against 0.16 on one core of a busy one). Training also runs its
+calls one after another (`keep_freed_memory(calls_in_order=True)`: JAX's asynchronous
+dispatch on CPU off): dispatched ahead, a step allocates its buffers while the
+previous step still holds its own, so the kept memory would hold two or more copies
+of the largest buffer. The commands that do not train (`segment`, whose throughput
+issue 13 measured this way) dispatch ahead as before.
 `NEUROSEG_JAX_KEEP_FREED_MEMORY=off` leaves malloc and dispatch as they are (less
 memory for some programs, see `keep_freed_memory`).
 """
@@ -70,14 +72,16 @@ def enable_compilation_cache(directory: str | None = None,
   return directory
 
 
-def keep_freed_memory() -> bool:
-  """Makes glibc's malloc reuse freed memory in place and JAX run CPU calls one after
-  another (see the module docstring): later calls find their buffers mapped already,
-  where the previous call freed them. The process keeps its high-water mark until it
-  exits (a NeuroSeg-III step at 512 px, batch 8, in 4 micro-batch calls peaks at 2.29
-  GiB, against 2.36 GiB with glibc's defaults and asynchronous dispatch, and runs 1.2x
-  faster). Applies only on Linux with glibc and before JAX starts its threads and its
-  CPU client (entry points call it first); returns whether it applied."""
+def keep_freed_memory(calls_in_order: bool = False) -> bool:
+  """Makes glibc's malloc reuse freed memory in place (see the module docstring): later
+  calls find their buffers mapped already. With `calls_in_order` JAX also runs CPU
+  calls one after another, so that each call finds the memory the previous one freed
+  (for training: a NeuroSeg-III step at 512 px, batch 8, in 4 micro-batch calls then
+  peaks at 2.29 GiB, against 2.36 GiB with glibc's defaults and 5.5-5.9 GiB kept but
+  dispatched ahead, and runs 1.2x faster than with glibc's defaults). The process
+  keeps its high-water mark until it exits. Applies only on Linux with glibc and
+  before JAX starts its threads and its CPU client (entry points call it first);
+  returns whether it applied."""
   if os.environ.get(MEMORY_ENV, "on").lower() in _OFF or platform.system() != "Linux":
     return False
   try:
@@ -86,7 +90,8 @@ def keep_freed_memory() -> bool:
     return False
   if not all(mallopt(option, value) == 1 for option, value in _MALLOPT_SETTINGS):
     return False
-  jax.config.update("jax_cpu_enable_async_dispatch", False)
+  if calls_in_order:
+    jax.config.update("jax_cpu_enable_async_dispatch", False)
   return True
 
 

@@ -1,6 +1,5 @@
 """Test-session setup: 8 virtual CPU devices, shared data locations."""
 
-import os
 import pathlib
 
 import jax

@@ -7,7 +7,6 @@ exercises parameters, non-parameter state (BatchNorm statistics) and the RNG.
 import time
 
 import flax.linen as nn
-import jax
 import jax.numpy as jnp
 import ml_collections
 import numpy as np
