@@ -23,13 +23,12 @@ import sys
 import numpy as np
 import tifffile
 
+from experiments.em_isbi_study import ISBI
 from neuroseg_jax import config_loading
 from neuroseg_jax.data import em_labels
 from neuroseg_jax.evaluation import slice_segmentation
 from neuroseg_jax.tasks import em_slices
 
-ISBI = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "shared", "data",
-                    "isbi2012", "train")
 # name: (training slices, validation slices, the slices of 0-14 it did not train on)
 MODELS = {"full": ("0-14", "15-19", None), "a": ("5-14", "0-4", slice(0, 5)),
           "b": ("0-4+10-14", "5-9", slice(5, 10)), "c": ("0-9", "10-14", slice(10, 15))}
