@@ -22,8 +22,8 @@ dispatch on CPU off): dispatched ahead, a step allocates its buffers while the
 previous step still holds its own, so the kept memory would hold two or more copies
 of the largest buffer. The commands that do not train (`segment`, whose throughput
 issue 13 measured this way) dispatch ahead as before.
-`NEUROSEG_JAX_KEEP_FREED_MEMORY=off` leaves malloc and dispatch as they are (less
-memory for some programs, see `keep_freed_memory`).
+`NEUROSEG_JAX_KEEP_FREED_MEMORY=off` leaves malloc and dispatch as they are (freed
+memory then goes back to the system, at the speed cost above).
 """
 
 from __future__ import annotations
