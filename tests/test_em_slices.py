@@ -103,6 +103,21 @@ def test_tuning_picks_the_params_of_lowest_training_error():
     assert table[params] == pytest.approx(value, abs=1e-12)
 
 
+def test_tuning_on_several_threads_gives_the_one_thread_table(monkeypatch):
+  labels = grid_cells(depth=3)
+  rng = np.random.default_rng(2)
+  boundary = np.clip(em_slice_crops.boundary_map(labels) * 0.7 + rng.uniform(0, 0.3, labels.shape),
+                     0, 1).astype(np.float32)
+  grid = ss.WatershedGrid(seed_threshold=(0.2, 0.5), min_seed_size=(1, 20), smoothing=(0.0, 1.0),
+                          seed_erosion=(0.0,), merge_threshold=(0.0, 0.4))
+  tuned = {}
+  for cores in (1, 3):
+    monkeypatch.setattr(ss.os, "sched_getaffinity", lambda pid, n=cores: set(range(n)))
+    tuned[cores] = ss.tune_watershed(boundary, labels, grid)
+  assert tuned[1][0] == tuned[3][0] and list(tuned[1][1]) == list(tuned[3][1])
+  assert tuned[1][1] == tuned[3][1] and len(tuned[1][1]) == 10  # 8 seeded + 2 agglomerated
+
+
 def test_agglomeration_merges_across_a_faint_edge_but_not_across_membrane():
   labels = np.zeros((1, 24, 40), np.uint32)
   labels[0, 2:22, 2:19], labels[0, 2:22, 21:38] = 1, 2
