@@ -1,8 +1,8 @@
 """ISBI 2012: does the post-processing fail to transfer, or do the maps? Out-of-fold tuning.
 
-  python -m experiments.em_out_of_fold --out DIR
+  python -m experiments.em_out_of_fold --out DIR [--steps 400]
 
-Trains the U-Net recipe of `neuroseg-jax train-em` (400 steps) on slices 0-14 and on
+Trains the U-Net recipe of `neuroseg-jax train-em` (`--steps` of it) on slices 0-14 and on
 three folds of them (5-14, 0-4 + 10-14, 0-9), segments all 20 slices with each model
 (`neuroseg-jax segment-em`), then tunes the post-processing grid of
 `configs/em2d_boundary.py:isbi,merge` (seeded watershed and agglomeration) three ways
@@ -38,13 +38,13 @@ def _cli(*args: str) -> None:
   subprocess.run([sys.executable, "-m", "neuroseg_jax.cli", *args], check=True)
 
 
-def boundary_maps(out: str, name: str) -> np.ndarray:
+def boundary_maps(out: str, name: str, steps: int) -> np.ndarray:
   """[20, H, W] float32 boundary probabilities of model `name` (trained if missing)."""
   train, val, _ = MODELS[name]
   model, segmentation = os.path.join(out, f"m_{name}"), os.path.join(out, f"s_{name}")
   if not os.path.exists(os.path.join(model, "model.json")):
     _cli("train-em", "--data", ISBI, "--train-slices", train, "--val-slices", val,
-         "--out", model)
+         "--steps", str(steps), "--out", model)
   if not os.path.exists(os.path.join(segmentation, "boundary.tif")):
     _cli("segment-em", os.path.join(ISBI, "image"), "--model", model, "--out", segmentation)
   maps = tifffile.imread(os.path.join(segmentation, "boundary.tif"))
@@ -54,9 +54,10 @@ def boundary_maps(out: str, name: str) -> np.ndarray:
 def main():
   parser = argparse.ArgumentParser(description=__doc__.split("\n")[0])
   parser.add_argument("--out", required=True)
+  parser.add_argument("--steps", type=int, default=400, help="training steps of every model")
   args = parser.parse_args()
   gt = em_labels.open_labels(os.path.join(ISBI, "label"))[:]
-  maps = {name: boundary_maps(args.out, name) for name in MODELS}
+  maps = {name: boundary_maps(args.out, name, args.steps) for name in MODELS}
   out_of_fold = np.concatenate([maps[name][held_out] for name, (_, _, held_out)
                                 in MODELS.items() if held_out is not None])
   grid = em_slices.watershed_grid(
