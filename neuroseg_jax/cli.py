@@ -188,7 +188,7 @@ def _train_em(argv: list[str]) -> None:
       "slices) turns them into cells; the validation slices are scored (adapted Rand error, "
       "VOI). Calling it again resumes.",
       "neuroseg-jax train-em --data ../shared/data/isbi2012/train --out models/isbi "
-      "--tune-slices 12-14 --val-slices 15-19 --merge")
+      "--val-slices 15-19 --steps 2000 --merge --tune-folds 3")
   parser.add_argument("--data", default=None, help=(
       "folder holding image/ and label/ (slice folders) or image.tif / image.h5 / image.zarr "
       "and label.* stacks; labels are membrane maps (0 = membrane) or instance ids"))
@@ -210,6 +210,10 @@ def _train_em(argv: list[str]) -> None:
                       help="labeled z-slices left out of training that the post-processing is "
                       "tuned on, like 12-14 (default: the training slices, on which the "
                       "network's maps are cleaner than on new data)")
+  parser.add_argument("--tune-folds", type=int, default=0, metavar="K",
+                      help="tune the post-processing on out-of-fold maps instead: the training "
+                      "slices in K contiguous folds, each predicted by a model trained on the "
+                      "others (K more trainings; the maps look as on new slices)")
   parser.add_argument("--merge", action="store_true",
                       help="also agglomerate the watershed's fragments (waterz, median boundary "
                       "along shared edges), the merge threshold tuned with the rest")
@@ -233,7 +237,7 @@ def _train_em(argv: list[str]) -> None:
         images, labels, args.out, args.model, args.pretrained or "", args.steps,
         args.train_slices, args.val_slices, args.labels_kind, args.overwrite,
         " ".join(["neuroseg-jax train-em", *argv]), args.scale, args.key or "",
-        args.labels_key or "", args.tune_slices, args.merge)
+        args.labels_key or "", args.tune_slices, args.merge, args.tune_folds)
     for name, value in scores.items():
       print(f"{name}: {value}")
     print(f"model written to {args.out}")

@@ -22,6 +22,7 @@ from neuroseg_jax import model_folder
 from neuroseg_jax import predictor
 from neuroseg_jax.commands import pretrain_em
 from neuroseg_jax.commands import train_em
+from neuroseg_jax.data import intensity
 
 SIZE, DEPTH = 64, 4
 
@@ -121,6 +122,34 @@ def test_train_em_then_segment_em(membrane_data, tmp_path, capsys):
   assert again._forward is model._forward  # pylint: disable=protected-access
 
 
+def test_train_em_tunes_on_out_of_fold_maps(membrane_data, tmp_path, capsys, monkeypatch):
+  tuned_on = []
+  tune = train_em.slice_segmentation.tune_watershed
+  monkeypatch.setattr(train_em.slice_segmentation, "tune_watershed",
+                      lambda boundary, gt, grid: tuned_on.append((boundary, gt)) or tune(
+                          boundary, gt, grid))
+  model_dir = tmp_path / "model"
+  cli.main(["train-em", "--data", str(membrane_data), "--out", str(model_dir), "--scale", "smoke",
+            "--steps", "2", "--train-slices", "0-2", "--val-slices", "3", "--tune-folds", "3"])
+  capsys.readouterr()
+  for k, rest in enumerate(("1-2", "0+2", "0-1")):  # each fold model trained on the others
+    config = json.loads((model_dir / f"run_fold{k}" / "config.json").read_text())
+    assert config["data"]["train_slices"] == rest
+  (boundary, gt), = tuned_on
+  labels = np.stack([np.asarray(Image.open(membrane_data / "label" / f"{z}.png"))
+                     for z in range(3)])
+  assert boundary.shape == gt.shape == (3, SIZE, SIZE)
+  np.testing.assert_array_equal(gt > 0, labels > 0)  # the training slices, in order
+  full = em_predictor.load_em_model(str(model_dir))
+  images = np.stack([np.asarray(Image.open(membrane_data / "image" / f"{z}.png"))
+                     for z in range(DEPTH)])
+  own = full.boundary(images, intensity.intensity_stats(images))[:3]
+  assert np.abs(boundary - own).max() > 1e-3  # not the full model's maps of its own slices
+  spec = json.loads((model_dir / "model.json").read_text())
+  assert spec["scores"]["tune_slices"] == "0-2, out of fold (3 folds)"
+  assert "out of fold (3 folds)" in (model_dir / "MODEL_CARD.md").read_text()
+
+
 @pytest.mark.parametrize("scale", ["full", "smoke"])
 def test_pretrain_em_config_has_the_vit_of_train_em(membrane_data, scale):
   # (A 2-step smoke pre-training run takes 15-30 s on 2 cores, mostly compiling: not run here.)
@@ -155,6 +184,9 @@ def test_train_em_tuning_slices_may_not_overlap(capsys, membrane_data, tmp_path)
          "overlaps --val-slices 3")
   _fails(capsys, base + ["--train-slices", "0-2", "--tune-slices", "2"], "--tune-slices 2",
          "overlaps --train-slices 0-2")
+  _fails(capsys, base + ["--tune-slices", "2", "--tune-folds", "2"], "--tune-slices or --tune-folds")
+  _fails(capsys, base + ["--train-slices", "0-2", "--tune-folds", "4"],
+         "--tune-folds must be from 2 to the 3 training slices, got 4")
 
 
 def test_train_em_bad_pretrained_is_one_line(capsys, membrane_data, tmp_path):

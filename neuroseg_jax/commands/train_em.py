@@ -9,11 +9,13 @@ the first found, or `--images` / `--labels` paths. The run uses
 continues it). The training run itself evaluates nothing (its config has no
 validation slices, so changing `--val-slices` does not start a new run); afterwards
 the model as stored (float16 weights) predicts the tuning slices (`--tune-slices`,
-labeled slices left out of training; default: the training slices), the per-slice
-watershed is tuned on them (`slice_segmentation.tune_watershed` over the config's
-grid; `--merge` adds the agglomeration of fragments to it), the validation slices are scored with those parameters (mean adapted Rand
-error, VOI split / merge), and the model folder is written (`em_predictor.py`
-describes model.json) with a model card.
+labeled slices left out of training; default: the training slices) or, with
+`--tune-folds K`, K fold models (`MODEL_DIR/run_fold{k}/`, resumable too) predict
+the training slices they did not train on; the per-slice watershed is tuned on
+these maps (`slice_segmentation.tune_watershed` over the config's grid; `--merge`
+adds the agglomeration of fragments to it), the validation slices are scored with
+those parameters (mean adapted Rand error, VOI split / merge), and the model folder
+is written (`em_predictor.py` describes model.json) with a model card.
 """
 
 from __future__ import annotations
@@ -209,53 +211,90 @@ def _as_stored(variables: dict) -> dict:
                       if np.issubdtype(v.dtype, np.floating) else v, variables)
 
 
-def train_em(images: str, labels: str, out: str, model: str = "unet", pretrained: str = "",
-             num_steps: int = 400, train_slices: str = "", val_slices: str = "",
-             labels_kind: str = "auto", overwrite: bool = False,
-             command: str = "neuroseg-jax train-em", scale: str = "full", key: str = "",
-             labels_key: str = "", tune_slices: str = "", merge: bool = False) -> dict:
-  """Trains on the labeled slices (default: every slice not in `val_slices` or
-  `tune_slices`), tunes the post-processing on `tune_slices` (default: the training
-  slices), writes the model folder `out`; returns its scores."""
-  depth = em_volumes.open_volume(images, key or None).shape[0]
-  val_index = em_slices.parse_slices(val_slices, depth, "--val-slices") if val_slices else []
-  tune_index = em_slices.parse_slices(tune_slices, depth, "--tune-slices") if tune_slices else []
-  if set(tune_index) & set(val_index):
-    raise ConfigError(f"--tune-slices {tune_slices} overlaps --val-slices {val_slices}")
-  if not train_slices:
-    rest = sorted(set(range(depth)) - set(val_index) - set(tune_index))
-    if not rest:
-      raise ConfigError(f"--val-slices and --tune-slices leave no slice of {depth} to train on")
-    train_slices = slices_text(rest)
-  train_index = em_slices.parse_slices(train_slices, depth, "--train-slices")
-  for name, other, text in (("--val-slices", val_index, val_slices),
-                            ("--tune-slices", tune_index, tune_slices)):
-    if set(train_index) & set(other):
-      raise ConfigError(f"{name} {text} overlaps --train-slices {train_slices}")
-  config = recipe_config(images, labels, model, pretrained, train_slices, num_steps,
-                         labels_kind, scale, key, labels_key, merge)
-  task = tasks.build(config)
-  run_dir = os.path.join(out, "run")
+def _trained_variables(task, run_dir: str, config, overwrite: bool, pretrained: str,
+                       scale: str) -> dict:
+  """Trains `task` in `run_dir` (resuming it); its variables as the model folder stores them."""
   try:
     state = loop.train(task, run_dir, devices=training_devices(config.batch_size),
                        overwrite=overwrite)
   except transfer.TransferError as e:
     raise DataError(pretrained, f"its ViT does not fit the UNETR of --scale {scale} "
                     f"(pretrain-em with the same --scale writes one that does): {e}") from e
-  variables = _as_stored(jax.tree.map(np.asarray, jax.device_get(
+  return _as_stored(jax.tree.map(np.asarray, jax.device_get(
       {"params": state["params"], **state["model_state"]})))
-  voxel_size = em_volumes.read_voxel_size(config.data.images, key or None)
-  draft = em_predictor.EMBoundaryModel(model_folder.ModelFolder(
+
+
+def _draft_model(config, variables: dict, voxel_size, out: str) -> em_predictor.EMBoundaryModel:
+  """The model of these variables before its watershed is tuned (default parameters)."""
+  return em_predictor.EMBoundaryModel(model_folder.ModelFolder(
       _spec(config, slice_segmentation.WatershedParams(), voxel_size, {}), variables), out)
-  grid = em_slices.watershed_grid(config.eval)
-  if tune_index:
-    tune_images = em_slices.read_slices(task.images, tune_index)
+
+
+def train_em(images: str, labels: str, out: str, model: str = "unet", pretrained: str = "",
+             num_steps: int = 400, train_slices: str = "", val_slices: str = "",
+             labels_kind: str = "auto", overwrite: bool = False,
+             command: str = "neuroseg-jax train-em", scale: str = "full", key: str = "",
+             labels_key: str = "", tune_slices: str = "", merge: bool = False,
+             tune_folds: int = 0) -> dict:
+  """Trains on the labeled slices (default: every slice not in `val_slices` or
+  `tune_slices`), tunes the post-processing on `tune_slices`, or with `tune_folds` K on
+  out-of-fold maps of the training slices (K contiguous folds, each predicted by a model
+  of the same recipe trained on the others, in MODEL_DIR/run_fold{k}: K + 1 trainings),
+  or else on the training slices themselves; writes the model folder `out`; returns
+  its scores."""
+  depth = em_volumes.open_volume(images, key or None).shape[0]
+  val_index = em_slices.parse_slices(val_slices, depth, "--val-slices") if val_slices else []
+  tune_index = em_slices.parse_slices(tune_slices, depth, "--tune-slices") if tune_slices else []
+  if set(tune_index) & set(val_index):
+    raise ConfigError(f"--tune-slices {tune_slices} overlaps --val-slices {val_slices}")
+  if tune_folds and tune_index:
+    raise ConfigError("give --tune-slices or --tune-folds, not both")
+  if not train_slices:
+    rest = sorted(set(range(depth)) - set(val_index) - set(tune_index))
+    if not rest:
+      raise ConfigError(f"--val-slices and --tune-slices leave no slice of {depth} to train on")
+    train_slices = slices_text(rest)
+  train_index = em_slices.parse_slices(train_slices, depth, "--train-slices")
+  if tune_folds and not 2 <= tune_folds <= len(train_index):
+    raise ConfigError(f"--tune-folds must be from 2 to the {len(train_index)} training slices, "
+                      f"got {tune_folds}")
+  for name, other, text in (("--val-slices", val_index, val_slices),
+                            ("--tune-slices", tune_index, tune_slices)):
+    if set(train_index) & set(other):
+      raise ConfigError(f"{name} {text} overlaps --train-slices {train_slices}")
+
+  def train_model(slices: str, run_name: str):
+    """(config, task, float16-rounded variables) of the recipe trained on `slices`."""
+    config = recipe_config(images, labels, model, pretrained, slices, num_steps, labels_kind,
+                           scale, key, labels_key, merge)
+    task = tasks.build(config)
+    return config, task, _trained_variables(task, os.path.join(out, run_name), config,
+                                            overwrite, pretrained, scale)
+
+  voxel_size = em_volumes.read_voxel_size(images, key or None)
+  config, task, variables = train_model(train_slices, "run")
+  draft = _draft_model(config, variables, voxel_size, out)
+  if tune_folds:  # each fold's slices as predicted by a model trained on the others
+    tune_boundary, tune_labels = [], []
+    for k, fold in enumerate(np.array_split(np.asarray(train_index), tune_folds)):
+      rest = slices_text(sorted(set(train_index) - set(fold.tolist())))
+      fold_config, _, fold_variables = train_model(rest, f"run_fold{k}")
+      fold_model = _draft_model(fold_config, fold_variables, voxel_size, out)
+      tune_boundary.append(fold_model.boundary(em_slices.read_slices(task.images, fold),
+                                               task.stats))
+      tune_labels.append(em_slices.read_slices(task.labels, fold))
+    tune_boundary, tune_labels = np.concatenate(tune_boundary), np.concatenate(tune_labels)
+  elif tune_index:
+    tune_boundary = draft.boundary(em_slices.read_slices(task.images, tune_index), task.stats)
     tune_labels = em_slices.read_slices(task.labels, tune_index)
   else:
-    tune_images, tune_labels = task.train_images, task.train_labels
-  params, table = slice_segmentation.tune_watershed(draft.boundary(tune_images, task.stats),
-                                                    tune_labels, grid)
-  scores = {"train_slices": train_slices, "tune_slices": tune_slices or train_slices,
+    tune_boundary = draft.boundary(task.train_images, task.stats)
+    tune_labels = task.train_labels
+  params, table = slice_segmentation.tune_watershed(tune_boundary, tune_labels,
+                                                    em_slices.watershed_grid(config.eval))
+  tuned_on = (f"{train_slices}, out of fold ({tune_folds} folds)" if tune_folds
+              else tune_slices or train_slices)
+  scores = {"train_slices": train_slices, "tune_slices": tuned_on,
             "tune_arand": round(table[params], 4)}
   if val_index:
     val_boundary = draft.boundary(em_slices.read_slices(task.images, val_index), task.stats)
@@ -264,7 +303,7 @@ def train_em(images: str, labels: str, out: str, model: str = "unet", pretrained
         slice_segmentation.watershed_slices(val_boundary, params)))
     scores["val_slices"] = val_slices
     scores.update({f"val_{name}": round(value, 4) for name, value in val_scores.items()})
-  card = _card(config, task, scale, params, voxel_size, scores, loop.training_seconds(run_dir),
-               command)
+  card = _card(config, task, scale, params, voxel_size, scores,
+               loop.training_seconds(os.path.join(out, "run")), command)
   model_folder.write(out, _spec(config, params, voxel_size, scores), variables, card)
   return scores
