@@ -181,6 +181,13 @@ def _slice_table(boundary_slice: np.ndarray, gt_slice: np.ndarray, grid: Watersh
   return table
 
 
+def _available_cores() -> int:
+  """Cores this process may run on (os.cpu_count() where the OS cannot say, as on macOS)."""
+  if hasattr(os, "sched_getaffinity"):
+    return len(os.sched_getaffinity(0))
+  return os.cpu_count() or 1
+
+
 def tune_watershed(boundary, gt, grid: WatershedGrid = WatershedGrid()
                    ) -> tuple[WatershedParams, dict[WatershedParams, float]]:
   """(the grid's params of lowest mean adapted Rand error on these slices, {params: mean arand}).
@@ -190,7 +197,7 @@ def tune_watershed(boundary, gt, grid: WatershedGrid = WatershedGrid()
   the result does not depend on the number of threads.
   """
   boundary, gt = _check_stack(boundary, "boundary map"), _check_stack(gt, "ground truth")
-  threads = min(len(os.sched_getaffinity(0)), boundary.shape[0])
+  threads = min(_available_cores(), boundary.shape[0])
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
     tables = list(pool.map(_slice_table, boundary, gt, [grid] * boundary.shape[0]))
   means = {params: float(np.mean([table[params] for table in tables])) for params in tables[0]}
