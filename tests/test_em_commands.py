@@ -128,6 +128,7 @@ def test_train_em_tunes_on_out_of_fold_maps(membrane_data, tmp_path, capsys, mon
   monkeypatch.setattr(train_em.slice_segmentation, "tune_watershed",
                       lambda boundary, gt, grid: tuned_on.append((boundary, gt)) or tune(
                           boundary, gt, grid))
+  monkeypatch.setattr(train_em.loop, "training_seconds", lambda run_dir: 60.0)
   model_dir = tmp_path / "model"
   cli.main(["train-em", "--data", str(membrane_data), "--out", str(model_dir), "--scale", "smoke",
             "--steps", "2", "--train-slices", "0-2", "--val-slices", "3", "--tune-folds", "3"])
@@ -147,7 +148,9 @@ def test_train_em_tunes_on_out_of_fold_maps(membrane_data, tmp_path, capsys, mon
   assert np.abs(boundary - own).max() > 1e-3  # not the full model's maps of its own slices
   spec = json.loads((model_dir / "model.json").read_text())
   assert spec["scores"]["tune_slices"] == "0-2, out of fold (3 folds)"
-  assert "out of fold (3 folds)" in (model_dir / "MODEL_CARD.md").read_text()
+  card = (model_dir / "MODEL_CARD.md").read_text()
+  assert "out of fold (3 folds)" in card
+  assert "Training wall time: 4.0 min" in card  # 1 min per run: the fold models count too
 
 
 @pytest.mark.parametrize("scale", ["full", "smoke"])

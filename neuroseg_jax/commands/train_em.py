@@ -194,7 +194,7 @@ def _card(config, task, scale: str, params, voxel_size, scores: dict, seconds: f
            f"from {init}.",
            f"- Command: `{command}`", f"- Hardware: {runtime.hardware_description()}.",
            f"- Training wall time: {seconds / 60:.1f} min (the logged steps, compilation "
-           "included; `run/metrics.jsonl`).",
+           "included, of `run/` and any `run_fold*/` fold models; their `metrics.jsonl`).",
            f"- Watershed (tuned on slices {scores['tune_slices']}): seed threshold "
            f"{params.seed_threshold}, min seed size {params.min_seed_size} px, smoothing "
            f"{params.smoothing} px, seed erosion {params.seed_erosion} px, merge threshold "
@@ -303,7 +303,8 @@ def train_em(images: str, labels: str, out: str, model: str = "unet", pretrained
         slice_segmentation.watershed_slices(val_boundary, params)))
     scores["val_slices"] = val_slices
     scores.update({f"val_{name}": round(value, 4) for name, value in val_scores.items()})
-  card = _card(config, task, scale, params, voxel_size, scores,
-               loop.training_seconds(os.path.join(out, "run")), command)
+  runs = ["run"] + [f"run_fold{k}" for k in range(tune_folds)]
+  seconds = sum(loop.training_seconds(os.path.join(out, name)) for name in runs)
+  card = _card(config, task, scale, params, voxel_size, scores, seconds, command)
   model_folder.write(out, _spec(config, params, voxel_size, scores), variables, card)
   return scores
