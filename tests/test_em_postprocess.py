@@ -1,5 +1,9 @@
 """Post-processing to instances: waterz, mutex watershed, seeded watershed, components."""
 
+import os
+import sys
+import threading
+
 import numpy as np
 import pytest
 import tifffile
@@ -114,3 +118,39 @@ def test_real_nuclei_from_perfect_targets(shared_data):
   _same_partition(post.waterz_segmentation(aff.affinities_from_labels(labels)), pieces)
   instances = post.binary_contour_watershed(aff.binary_contour_targets(labels))
   assert em_metrics.instance_ap(labels, instances, 0.75) == pytest.approx(1.0)
+
+
+def test_silencing_waterz_from_overlapping_threads_restores_stdout():
+  """Thread B enters while A is inside and leaves after it (as tune_watershed's threads
+  do): stdout, Python's and file descriptor 1, must come back as it was."""
+  before_stdout, before_fd = sys.stdout, os.fstat(1)
+  a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+  errors = []
+
+  def first():
+    try:
+      with post._STDOUT.silenced():
+        a_in.set()
+        b_in.wait(5)
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(e)
+    a_out.set()
+
+  def second():
+    a_in.wait(5)
+    try:
+      with post._STDOUT.silenced():
+        b_in.set()
+        a_out.wait(5)
+    except Exception as e:  # pylint: disable=broad-except
+      errors.append(e)
+
+  threads = [threading.Thread(target=first), threading.Thread(target=second)]
+  for thread in threads:
+    thread.start()
+  for thread in threads:
+    thread.join()
+  assert not errors
+  assert sys.stdout is before_stdout and not sys.stdout.closed
+  after_fd = os.fstat(1)
+  assert (after_fd.st_dev, after_fd.st_ino) == (before_fd.st_dev, before_fd.st_ino)

@@ -16,6 +16,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import threading
 from typing import Iterator, Sequence
 
 import cc3d
@@ -66,18 +67,41 @@ def connected_components(mask: np.ndarray, connectivity: int = 26, min_size: int
   return relabel_sequential(remove_small_instances(labels, min_size))
 
 
-@contextlib.contextmanager
-def _silenced_stdout():
-  """Silences waterz's progress prints (Python's and C++'s, file descriptor 1) in the block."""
-  sys.stdout.flush()
-  saved = os.dup(1)
-  try:
-    with open(os.devnull, "w") as devnull, contextlib.redirect_stdout(devnull):
-      os.dup2(devnull.fileno(), 1)
+class _StdoutSilencer:
+  """Silences waterz's progress prints (Python's and C++'s, file descriptor 1) while any
+  thread is inside `silenced()`. Thread-safe: the first thread in points fd 1 and
+  sys.stdout at /dev/null, the last one out restores both. (Each thread saving and
+  restoring them on its own, as `tune_watershed`'s threads would, restores another
+  thread's /dev/null and leaves the process without stdout.)"""
+
+  def __init__(self):
+    self._lock = threading.Lock()
+    self._inside = 0
+    self._saved: tuple = ()
+
+  @contextlib.contextmanager
+  def silenced(self):
+    with self._lock:
+      if not self._inside:
+        sys.stdout.flush()
+        devnull = open(os.devnull, "w")
+        self._saved = (os.dup(1), sys.stdout, devnull)
+        os.dup2(devnull.fileno(), 1)
+        sys.stdout = devnull
+      self._inside += 1
+    try:
       yield
-  finally:
-    os.dup2(saved, 1)
-    os.close(saved)
+    finally:
+      with self._lock:
+        self._inside -= 1
+        if not self._inside:
+          saved_fd, sys.stdout, devnull = self._saved
+          os.dup2(saved_fd, 1)
+          os.close(saved_fd)
+          devnull.close()
+
+
+_STDOUT = _StdoutSilencer()
 
 
 def waterz_segmentations(affinities: np.ndarray, thresholds: Sequence[float], *,
@@ -105,7 +129,7 @@ def waterz_segmentations(affinities: np.ndarray, thresholds: Sequence[float], *,
                                aff_threshold_high=fragment_high,
                                scoring_function=scoring_function)
   for threshold in thresholds:
-    with _silenced_stdout():
+    with _STDOUT.silenced():
       labels = next(results)
     # waterz reuses one buffer for all thresholds: copy while relabelling.
     yield threshold, relabel_sequential(remove_small_instances(labels, min_size))
