@@ -124,28 +124,22 @@ def test_silencing_waterz_from_overlapping_threads_restores_stdout():
   """Thread B enters while A is inside and leaves after it (as tune_watershed's threads
   do): stdout, Python's and file descriptor 1, must come back as it was."""
   before_stdout, before_fd = sys.stdout, os.fstat(1)
-  a_in, b_in, a_out = threading.Event(), threading.Event(), threading.Event()
+  go, a_in, b_in, a_out, b_out = (threading.Event() for _ in range(5))
   errors = []
 
-  def first():
+  def visit(enter_after, inside, leave_after, left):
+    enter_after.wait(5)
     try:
       with post._STDOUT.silenced():
-        a_in.set()
-        b_in.wait(5)
+        inside.set()
+        leave_after.wait(5)
     except Exception as e:  # pylint: disable=broad-except
       errors.append(e)
-    a_out.set()
+    left.set()
 
-  def second():
-    a_in.wait(5)
-    try:
-      with post._STDOUT.silenced():
-        b_in.set()
-        a_out.wait(5)
-    except Exception as e:  # pylint: disable=broad-except
-      errors.append(e)
-
-  threads = [threading.Thread(target=first), threading.Thread(target=second)]
+  threads = [threading.Thread(target=visit, args=(go, a_in, b_in, a_out)),
+             threading.Thread(target=visit, args=(a_in, b_in, a_out, b_out))]
+  go.set()
   for thread in threads:
     thread.start()
   for thread in threads:
