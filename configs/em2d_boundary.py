@@ -21,6 +21,9 @@ field they set; sizes written "HxW"):
   tune_slices                labeled z-slices the post-processing is tuned on ("" = the
                              training slices; slices the network did not train on give
                              parameters that carry over to new data)
+  match_noise                slices noisier than the training ones are blurred to their
+                             noise level before prediction (`data/noise_matching.py`;
+                             default True, match_noise=False to switch off)
 The UNETR's ViT and crop must be those of configs/mae2d_pretrain.py:isbi (mini, patch
 16x16, 128x128 crops) for its weights to load.
 """
@@ -39,7 +42,7 @@ COMMON = dict(
     train_slices="0-14", val_slices="15-19", crop="128x128", batch_size=8, num_steps=400,
     lr=2e-3, warmup_steps=0.05, seed=0, width=16, levels=4, size="mini", patch_size="16x16",
     decoder_width=16, pretrained="", elastic_alpha=2.0, flip_tta=False, merge=False,
-    tune_slices="",
+    tune_slices="", match_noise=True,
 )
 VARIANTS = {
     "isbi": dict(images=str(ISBI / "image"), labels=str(ISBI / "label")),
@@ -112,5 +115,6 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "seed_erosions": (0.0, 2.0, 4.0),
       "merge_thresholds": (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8) if args.merge else (0.0,),
       "tune_slices": args.tune_slices,
+      "match_noise": args.match_noise,
   })
   return config

@@ -13,10 +13,13 @@ parameters tuned on its own training slices (`evaluation/slice_evaluator.py`):
   unetr_mae   the same UNETR, encoder from MAE pre-training
               (configs/mae2d_pretrain.py:isbi at --mask-ratio, run once in DIR/ratio_R,
               where experiments/masking_ratio.py --out=DIR finds and reuses it)
-Runs are resumable and a finished run is reused. Writes DIR/em_isbi_study.json and
-prints a Markdown table; wall and CPU seconds (this process, all threads) per run, and
+Every method's input slices are blurred to the noise level of its training slices
+first (`data/noise_matching.py`; slices 15-19 are 4x noisier than 0-14), unless
+--no-match-noise. Runs are resumable and a finished run is reused. Writes
+DIR/em_isbi_study.json and prints a Markdown table; wall and CPU seconds (this process, all threads) per run, and
 the training steps' wall time from the run's metrics. A finished run whose evaluation
-predates the current watershed grid is evaluated again from its final checkpoint.
+predates the current watershed grid, or matched noise otherwise than asked, is evaluated
+again from its final checkpoint.
 """
 
 from __future__ import annotations
@@ -32,7 +35,7 @@ import numpy as np
 
 from experiments.masking_ratio import train
 from neuroseg_jax import config_loading, tasks
-from neuroseg_jax.data import em_labels, em_volumes, intensity
+from neuroseg_jax.data import em_labels, em_volumes, intensity, noise_matching
 from neuroseg_jax.evaluation import em_classical, slice_segmentation
 from neuroseg_jax.training import loop
 
@@ -42,10 +45,14 @@ VAL = list(range(15, 20))
 METHODS = ("classical", "unet", "unetr", "unetr_mae")
 
 
-def classical(labeled: int) -> dict:
+def classical(labeled: int, match_noise: bool) -> dict:
   images = em_volumes.open_volume(os.path.join(ISBI, "image"))
   labels = em_labels.open_labels(os.path.join(ISBI, "label"))
-  ridge = em_classical.dark_ridge_map(images[:], intensity.intensity_stats(images))
+  stack = images[:]
+  if match_noise:  # the same input as the networks see: blurred to the training slices' noise
+    stack, _ = noise_matching.match_slices(
+        stack, noise_matching.stack_noise_level(stack[:labeled]))
+  ridge = em_classical.dark_ridge_map(stack, intensity.intensity_stats(images))
   gt = labels[:]
   params, table = slice_segmentation.tune_watershed(ridge[:labeled], gt[:labeled],
                                                     em_classical.CLASSICAL_GRID)
@@ -55,13 +62,16 @@ def classical(labeled: int) -> dict:
           "train/arand": table[params], "watershed": dataclasses.asdict(params)}
 
 
-def evaluated_with_current_grid(path: str) -> bool:
-  """Whether the run's slice evaluation exists and tuned every current watershed field."""
+def evaluated_as_asked(path: str, match_noise: bool) -> bool:
+  """Whether the run's slice evaluation exists, tuned every current watershed field and
+  matched the slices' noise (or not) as asked."""
   if not os.path.exists(path):
     return False
   with open(path) as f:
-    chosen = json.load(f)["watershed"]
-  return set(chosen) == {f.name for f in dataclasses.fields(slice_segmentation.WatershedParams)}
+    evaluation = json.load(f)
+  return (set(evaluation["watershed"]) ==
+          {f.name for f in dataclasses.fields(slice_segmentation.WatershedParams)} and
+          "noise_target" in evaluation and bool(evaluation["noise_target"]) == match_noise)
 
 
 def evaluate(task, state, workdir: str) -> None:
@@ -89,7 +99,8 @@ def pretrain(args) -> dict:
 
 def network(method: str, labeled: int, seed: int, args) -> tuple[dict, str]:
   spec = (f"configs/em2d_boundary.py:isbi,{'unet' if method == 'unet' else 'unetr'},"
-          f"train_slices=0-{labeled - 1},seed={seed},num_steps={args.steps}")
+          f"train_slices=0-{labeled - 1},seed={seed},num_steps={args.steps},"
+          f"match_noise={args.match_noise}")
   if method == "unetr_mae":
     mae_dir = mae_workdir(args)
     spec += f",pretrained={mae_dir}"
@@ -100,7 +111,7 @@ def network(method: str, labeled: int, seed: int, args) -> tuple[dict, str]:
   task = tasks.build(config_loading.load_config(spec))
   state = loop.train(task, workdir, devices=jax.devices()[:1])
   path = os.path.join(workdir, "slice_evaluation.json")
-  if not evaluated_with_current_grid(path):
+  if not evaluated_as_asked(path, args.match_noise):
     evaluate(task, state, workdir)
   with open(path) as f:
     evaluation = json.load(f)
@@ -111,11 +122,13 @@ def network(method: str, labeled: int, seed: int, args) -> tuple[dict, str]:
           spec)
 
 
-def table(rows: list[dict]) -> str:
+def table(rows: list[dict], match_noise: bool) -> str:
+  """The Markdown table of the rows with this noise matching."""
   lines = ["| method | labeled slices | seeds | ARAND (mean +- sd) | VOI split | VOI merge | "
            "ARAND, watershed tuned on val (oracle) | wall min / run | CPU min / run |",
            "|---|---|---|---|---|---|---|---|---|"]
-  rows = [r for r in rows if r["method"] in METHODS]
+  rows = [r for r in rows
+          if r["method"] in METHODS and r.get("match_noise", False) == match_noise]
   keys = sorted({(r["method"], r["labeled"]) for r in rows},
                 key=lambda k: (k[1], METHODS.index(k[0])))
   for method, labeled in keys:
@@ -140,25 +153,30 @@ def main():
   parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
   parser.add_argument("--steps", type=int, default=400)
   parser.add_argument("--mask-ratio", type=float, default=0.75)
+  parser.add_argument("--no-match-noise", dest="match_noise", action="store_false",
+                      help="predict noisy slices as stored (default: blurred to the training "
+                           "slices' noise level, data/noise_matching.py)")
   args = parser.parse_args()
   os.makedirs(args.out, exist_ok=True)
   result_path = os.path.join(args.out, "em_isbi_study.json")
   rows = json.load(open(result_path)) if os.path.exists(result_path) else []
-  done = {(r["method"], r.get("labeled"), r.get("seed")) for r in rows}
-  if "unetr_mae" in args.methods and ("mae_pretraining", None, None) not in done:
+  done = {(r["method"], r.get("labeled"), r.get("seed"), r.get("match_noise", False))
+          for r in rows}
+  if "unetr_mae" in args.methods and not any(r["method"] == "mae_pretraining" for r in rows):
     rows.append(pretrain(args))  # timed on its own, not inside the first fine-tuning run
     print(json.dumps(rows[-1]), flush=True)
   for labeled in args.labels:
     for method in args.methods:
       for seed in args.seeds if method != "classical" else [0]:
-        if (method, labeled, seed) in done:
+        if (method, labeled, seed, args.match_noise) in done:
           continue
         start, cpu = time.time(), time.process_time()
         if method == "classical":
-          scores, spec = classical(labeled), "evaluation/em_classical.py"
+          scores, spec = classical(labeled, args.match_noise), "evaluation/em_classical.py"
         else:
           scores, spec = network(method, labeled, seed, args)
         rows.append({"method": method, "labeled": labeled, "seed": seed, "config": spec,
+                     "match_noise": args.match_noise,
                      **scores, "seconds": round(time.time() - start, 1),
                      "cpu_seconds": round(time.process_time() - cpu, 1)})
         print(json.dumps(rows[-1]), flush=True)
@@ -169,7 +187,7 @@ def main():
       print(f"MAE pre-training (mask ratio {row['mask_ratio']}): val reconstruction loss "
             f"{row['val/reconstruction_loss']:.4f}, {row['seconds'] / 60:.1f} min wall, "
             f"{row['cpu_seconds'] / 60:.1f} min CPU")
-  print(table(rows))
+  print(table(rows, args.match_noise))
 
 
 if __name__ == "__main__":

@@ -11,6 +11,9 @@ SHA-256, MODEL_CARD.md) describes in model.json:
   window        [h, w] the training crop = the sliding window of inference
   watershed     `slice_segmentation.WatershedParams` tuned on the training slices
   voxel_size    (z, y, x) nm of the training images when the file recorded it, else null
+  noise_level   the training slices' median pixel noise (`noise_matching.noise_level`):
+                slices noisier than it are blurred down to it before prediction (ISBI
+                2012's later slices are 4x noisier than the first 15); null = never
   scores        what `train-em` measured (training / validation slices)
 
 Values are standardised exactly as in training: the stored values of the volume are
@@ -36,7 +39,7 @@ import ml_collections
 import numpy as np
 
 from neuroseg_jax import model_folder
-from neuroseg_jax.data import intensity
+from neuroseg_jax.data import intensity, noise_matching
 from neuroseg_jax.errors import DataError
 from neuroseg_jax.evaluation import slice_evaluator
 from neuroseg_jax.evaluation import slice_segmentation
@@ -44,6 +47,7 @@ from neuroseg_jax.tasks import em_slices
 
 KIND = "em_slice_boundary"
 BATCH_SIZE = 8  # windows per forward pass (fixed, so the forward compiles once)
+MATCH_SLAB = 8  # slices read, noise-matched and predicted together
 
 
 @functools.lru_cache(maxsize=8)
@@ -75,15 +79,19 @@ class EMBoundaryModel:
     self.watershed = slice_segmentation.WatershedParams(**self.spec["watershed"])
     voxel_size = self.spec.get("voxel_size")
     self.voxel_size = tuple(voxel_size) if voxel_size else None
+    self.noise_level = self.spec.get("noise_level")
     self.inference = slice_evaluator.InferenceSettings(
         window=self.window, stride=tuple(w // 2 for w in self.window), batch_size=BATCH_SIZE)
     self._forward = _compiled_network(json.dumps(self.spec["architecture"], sort_keys=True))
     self._variables = jax.device_put(folder.variables)
 
-  def boundary(self, volume, stats: intensity.IntensityStats | None = None) -> np.ndarray:
+  def boundary(self, volume, stats: intensity.IntensityStats | None = None,
+               blur_sigmas: list | None = None) -> np.ndarray:
     """[D, H, W] stored values (array or lazy volume) -> [D, H, W] float32 boundary
     probability (1 = membrane). `stats`: the intensity stats to standardise with
-    (default `intensity.intensity_stats(volume)`)."""
+    (default `intensity.intensity_stats(volume)`). With a `noise_level`, slices are
+    read MATCH_SLAB at a time and blurred to it first; their sigmas (px, 0 = as
+    stored) are appended to `blur_sigmas` when a list is given."""
     if len(volume.shape) != 3:
       raise DataError(getattr(volume, "name", "volume"),
                       f"expected a [D, H, W] volume, got shape {tuple(volume.shape)}")
@@ -94,7 +102,16 @@ class EMBoundaryModel:
       images = intensity.standardize(np.asarray(batch["image"])[:, 0], stats)
       return np.asarray(self._forward(self._variables, images))[:, None]
 
-    return self.inference.predict(predict_fn, volume)
+    if not self.noise_level:
+      return self.inference.predict(predict_fn, volume)
+    maps = []
+    for z0 in range(0, volume.shape[0], MATCH_SLAB):
+      block, sigmas = noise_matching.match_slices(np.asarray(volume[z0:z0 + MATCH_SLAB]),
+                                                  self.noise_level)
+      if blur_sigmas is not None:
+        blur_sigmas.extend(sigmas)
+      maps.append(self.inference.predict(predict_fn, block))
+    return np.concatenate(maps)
 
   def segment(self, boundary) -> np.ndarray:
     """[D, H, W] boundary probability -> [D, H, W] uint32 cells per slice (watershed
@@ -105,6 +122,7 @@ class EMBoundaryModel:
     """The model's settings, for result summaries."""
     return {"model": self.source, "architecture": self.spec["architecture"]["name"],
             "window": list(self.window), "watershed": dataclasses.asdict(self.watershed),
+            "noise_level": self.noise_level,
             "voxel_size": list(self.voxel_size) if self.voxel_size else None}
 
 

@@ -22,7 +22,7 @@ from neuroseg_jax import model_folder
 from neuroseg_jax import predictor
 from neuroseg_jax.commands import pretrain_em
 from neuroseg_jax.commands import train_em
-from neuroseg_jax.data import intensity
+from neuroseg_jax.data import intensity, noise_matching
 
 SIZE, DEPTH = 64, 4
 
@@ -82,6 +82,9 @@ def test_train_em_then_segment_em(membrane_data, tmp_path, capsys):
   spec = json.loads((model_dir / "model.json").read_text())
   assert spec["kind"] == "em_slice_boundary" and spec["architecture"]["name"] == "unet"
   assert spec["window"] == [32, 32] and spec["voxel_size"] is None
+  train_stack = np.stack([np.asarray(Image.open(membrane_data / "image" / f"{z}.png"))
+                          for z in (0, 1)])
+  assert spec["noise_level"] == pytest.approx(noise_matching.stack_noise_level(train_stack))
   assert set(spec["watershed"]) == {"seed_threshold", "min_seed_size", "smoothing", "seed_erosion",
                                     "merge_threshold"}
   assert spec["scores"]["train_slices"] == "0-1" and spec["scores"]["val_slices"] == "3"
@@ -110,6 +113,7 @@ def test_train_em_then_segment_em(membrane_data, tmp_path, capsys):
   summary = json.loads((out / "segmentation.json").read_text())
   assert summary["shape"] == list(stack.shape)
   assert summary["instances_per_slice"] == [len(s) for s in ids]
+  assert len(summary["noise_blur_per_slice"]) == DEPTH  # slices as noisy as training: 0 or small
   assert summary["watershed"] == spec["watershed"]
   assert set(summary["scores"]) == {"arand", "voi_split", "voi_merge"}
   assert len(summary["scores_per_slice"]["arand"]) == DEPTH

@@ -6,8 +6,10 @@ Written to the output folder:
                      parameters), ids unique over the whole stack, every pixel labeled
   boundary.tif       uint8 [D, H, W] BigTIFF: round(255 * boundary probability)
   segmentation.json  input, shape, model and its watershed parameters, cells per slice,
-                     seconds; with --labels also the per-slice and mean adapted Rand
-                     error and VOI split / merge against them
+                     the Gaussian blur (px) that matched each slice's noise to the
+                     training slices' (0 = as stored), seconds; with --labels also
+                     the per-slice and mean adapted Rand error and VOI split / merge
+                     against them
 The volume is streamed in slabs of `slab` z-slices: each slab is read, predicted
 (sliding windows), segmented and appended to both TIFFs, so host memory is bounded
 by one slab whatever the depth. Values are standardised by the intensity stats of
@@ -75,6 +77,7 @@ def segment_em(input_path: str, model_dir: str, out: str, slab: int = 8, key: st
   os.makedirs(out, exist_ok=True)
   depth = volume.shape[0]
   counts: list[int] = []
+  blur_sigmas: list[float] = []
   per_slice = {name: [] for name in slice_segmentation.SCORE_NAMES}
   offset = 0
   from tqdm import tqdm  # pylint: disable=import-outside-toplevel
@@ -84,7 +87,7 @@ def segment_em(input_path: str, model_dir: str, out: str, slab: int = 8, key: st
        tifffile.TiffWriter(boundary_tmp, bigtiff=True) as boundary_tif:
     for z0 in tqdm(range(0, depth, slab), unit="slab", disable=not progress):
       block = np.asarray(volume[z0:min(z0 + slab, depth)])  # [s, H, W]
-      boundary = model.boundary(block, stats)
+      boundary = model.boundary(block, stats, blur_sigmas)
       cells = model.segment(boundary).astype(np.uint64) + np.uint64(offset)
       if int(cells.max()) > MAX_ID:
         raise DataError(input_path, f"more than {MAX_ID} cells: they do not fit uint32 labels")
@@ -103,6 +106,7 @@ def segment_em(input_path: str, model_dir: str, out: str, slab: int = 8, key: st
              "voxel_size": list(voxel_size) if voxel_size else None,
              **model.describe(), "model": os.path.abspath(model_dir), "slab": slab,
              "instances_per_slice": counts, "instances": int(sum(counts)),
+             "noise_blur_per_slice": blur_sigmas if model.noise_level else None,
              "files": [LABELS, BOUNDARY], "seconds": round(time.time() - start, 2)}
   if truth is not None:
     summary.update({"labels": os.path.abspath(labels), "scores_per_slice": per_slice,

@@ -8,8 +8,9 @@ the first found, or `--images` / `--labels` paths. The run uses
 `pretrain-em` run) in `MODEL_DIR/run/` (resumable: calling the command again
 continues it). The training run itself evaluates nothing (its config has no
 validation slices, so changing `--val-slices` does not start a new run); afterwards
-the model as stored (float16 weights) predicts the tuning slices (`--tune-slices`,
-labeled slices left out of training; default: the training slices) or, with
+the model as stored (float16 weights; slices noisier than its training slices are
+blurred to their noise level first, `noise_matching.py`) predicts the tuning slices
+(`--tune-slices`, labeled slices left out of training; default: the training slices) or, with
 `--tune-folds K`, K fold models (`MODEL_DIR/run_fold{k}/`, resumable too) predict
 the training slices they did not train on; the per-slice watershed is tuned on
 these maps (`slice_segmentation.tune_watershed` over the config's grid; `--merge`
@@ -154,11 +155,13 @@ def recipe_config(images: str, labels: str, model: str = "unet", pretrained: str
   return config
 
 
-def _spec(config, params: slice_segmentation.WatershedParams, voxel_size, scores: dict) -> dict:
+def _spec(config, task, params: slice_segmentation.WatershedParams, voxel_size,
+          scores: dict) -> dict:
   return {"kind": em_predictor.KIND,
           "architecture": {k: v for k, v in config.model.to_dict().items() if k != "pretrained"},
           "window": list(config.data.crop), "watershed": dataclasses.asdict(params),
           "voxel_size": list(voxel_size) if voxel_size else None,
+          "noise_level": task.noise_target,
           "pretrained": config.model.pretrained or None, "scores": scores}
 
 
@@ -199,6 +202,9 @@ def _card(config, task, scale: str, params, voxel_size, scores: dict, seconds: f
            f"{params.seed_threshold}, min seed size {params.min_seed_size} px, smoothing "
            f"{params.smoothing} px, seed erosion {params.seed_erosion} px, merge threshold "
            f"{params.merge_threshold} (0 = no merging).",
+           "- Noise matching: " + (f"slices noisier than {task.noise_target:.4f} of their "
+                                   "intensity range (the training slices' median) are blurred "
+                                   "to it before prediction." if task.noise_target else "off."),
            f"- Intended use: {INTENDED_USE}", "",
            "## Scores (per slice, then averaged; membrane pixels ignored; lower is better)", ""]
   lines += [f"- {name}: {value}" for name, value in scores.items()]
@@ -224,10 +230,11 @@ def _trained_variables(task, run_dir: str, config, overwrite: bool, pretrained: 
       {"params": state["params"], **state["model_state"]})))
 
 
-def _draft_model(config, variables: dict, voxel_size, out: str) -> em_predictor.EMBoundaryModel:
+def _draft_model(config, task, variables: dict, voxel_size, out: str
+                 ) -> em_predictor.EMBoundaryModel:
   """The model of these variables before its watershed is tuned (default parameters)."""
   return em_predictor.EMBoundaryModel(model_folder.ModelFolder(
-      _spec(config, slice_segmentation.WatershedParams(), voxel_size, {}), variables), out)
+      _spec(config, task, slice_segmentation.WatershedParams(), voxel_size, {}), variables), out)
 
 
 def train_em(images: str, labels: str, out: str, model: str = "unet", pretrained: str = "",
@@ -273,13 +280,13 @@ def train_em(images: str, labels: str, out: str, model: str = "unet", pretrained
 
   voxel_size = em_volumes.read_voxel_size(images, key or None)
   config, task, variables = train_model(train_slices, "run")
-  draft = _draft_model(config, variables, voxel_size, out)
+  draft = _draft_model(config, task, variables, voxel_size, out)
   if tune_folds:  # each fold's slices as predicted by a model trained on the others
     tune_boundary, tune_labels = [], []
     for k, fold in enumerate(np.array_split(np.asarray(train_index), tune_folds)):
       rest = slices_text(sorted(set(train_index) - set(fold.tolist())))
-      fold_config, _, fold_variables = train_model(rest, f"run_fold{k}")
-      fold_model = _draft_model(fold_config, fold_variables, voxel_size, out)
+      fold_config, fold_task, fold_variables = train_model(rest, f"run_fold{k}")
+      fold_model = _draft_model(fold_config, fold_task, fold_variables, voxel_size, out)
       tune_boundary.append(fold_model.boundary(em_slices.read_slices(task.images, fold),
                                                task.stats))
       tune_labels.append(em_slices.read_slices(task.labels, fold))
@@ -306,5 +313,5 @@ def train_em(images: str, labels: str, out: str, model: str = "unet", pretrained
   runs = ["run"] + [f"run_fold{k}" for k in range(tune_folds)]
   seconds = sum(loop.training_seconds(os.path.join(out, name)) for name in runs)
   card = _card(config, task, scale, params, voxel_size, scores, seconds, command)
-  model_folder.write(out, _spec(config, params, voxel_size, scores), variables, card)
+  model_folder.write(out, _spec(config, task, params, voxel_size, scores), variables, card)
   return scores

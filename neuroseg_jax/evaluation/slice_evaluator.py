@@ -3,7 +3,8 @@
 `SliceEvaluator.run(predict_fn)`:
   1. sliding-window boundary probabilities for the training and validation slices
      (`sliding_window_predict`, windows [1, h, w], Gaussian blending, reflect padding,
-     optional 4-flip test-time augmentation);
+     optional 4-flip test-time augmentation), each slice first blurred to the training
+     slices' noise level when `noise_target` is given (`noise_matching.match_slices`);
   2. the watershed parameters of lowest mean adapted Rand error on the tuning slices
      (`slice_segmentation.tune_watershed`): the training slices, or labeled slices
      held out from training (eval.tune_slices), on which the network's maps look as
@@ -25,7 +26,7 @@ from typing import Iterable, Sequence
 
 import numpy as np
 
-from neuroseg_jax.data import atomic_files
+from neuroseg_jax.data import atomic_files, noise_matching
 from neuroseg_jax.evaluation import slice_segmentation as slices
 from neuroseg_jax.evaluation.sliding_window import sliding_window_predict
 
@@ -52,17 +53,23 @@ class SliceEvaluator:
   """See module doc. images, labels: [D, H, W] volumes; *_index: z-slices."""
 
   def __init__(self, images, labels, tune_index: Sequence[int], val_index: Sequence[int],
-               inference: InferenceSettings, grid: slices.WatershedGrid, json_path: str):
+               inference: InferenceSettings, grid: slices.WatershedGrid, json_path: str,
+               noise_target: float | None = None):
     self.images, self.labels = images, labels
     self.tune_index, self.val_index = list(tune_index), list(val_index)
     self.inference, self.grid, self.json_path = inference, grid, json_path
+    self.noise_target = noise_target
 
   def _stack(self, volume, index) -> np.ndarray:
     return np.stack([np.asarray(volume[z]) for z in index])
 
   def run(self, predict_fn) -> Iterable[tuple[str, float]]:
     index = self.tune_index + self.val_index
-    boundary = self.inference.predict(predict_fn, self._stack(self.images, index))
+    images = self._stack(self.images, index)
+    blur_sigmas = [0.0] * len(index)
+    if self.noise_target:
+      images, blur_sigmas = noise_matching.match_slices(images, self.noise_target)
+    boundary = self.inference.predict(predict_fn, images)
     gt = self._stack(self.labels, index)
     n = len(self.tune_index)
     params, table = slices.tune_watershed(boundary[:n], gt[:n], self.grid)
@@ -72,7 +79,8 @@ class SliceEvaluator:
     with atomic_files.atomic_write(self.json_path, "w") as file:
       json.dump({
           "watershed": dataclasses.asdict(params), "train_arand": table[params],
-          "tune_slices": self.tune_index,
+          "tune_slices": self.tune_index, "noise_target": self.noise_target,
+          "blur_sigmas": dict(zip(map(str, index), blur_sigmas)),
           "val_slices": self.val_index, "val": {k: v.tolist() for k, v in scores.items()},
           "val_mean": means, "val_arand_oracle": oracle_table[oracle],
           "oracle_watershed": dataclasses.asdict(oracle)}, file, indent=1)

@@ -22,7 +22,9 @@ Loss: `loss.bce_weight` x class-balanced BCE + `loss.dice_weight` x soft Dice.
 
 Evaluation (`evaluation/slice_evaluator.py`): sliding windows over the training and
 validation slices, the per-slice watershed tuned on the training slices, scores
-(adapted Rand error, VOI split / merge) on the validation slices.
+(adapted Rand error, VOI split / merge) on the validation slices. With
+`eval.match_noise`, slices noisier than the training slices are first blurred to
+their noise level (`noise_target`, `data/noise_matching.py`).
 """
 
 from __future__ import annotations
@@ -36,7 +38,7 @@ import jax.numpy as jnp
 import numpy as np
 
 from neuroseg_jax import tasks
-from neuroseg_jax.data import em_labels, em_slice_crops, em_volumes, intensity
+from neuroseg_jax.data import em_labels, em_slice_crops, em_volumes, intensity, noise_matching
 from neuroseg_jax.errors import ConfigError, DataError
 from neuroseg_jax.evaluation import slice_evaluator, slice_segmentation
 from neuroseg_jax.losses import segmentation as seg_losses
@@ -116,14 +118,17 @@ class EMSliceBoundary(Task):
     if not self.train_labels.any():
       raise DataError(data.labels, f"training slices {data.train_slices} hold no labeled pixel")
     self.stats = intensity.intensity_stats(self.images)
+    # New slices noisier than these are blurred to this level before prediction.
+    self.noise_target = (noise_matching.stack_noise_level(self.train_images)
+                         if config.eval.match_noise else None)
     aug = data.augment
     self.augmentation = em_slice_crops.SliceAugmentation(
         dihedral=aug.dihedral, elastic_alpha=aug.elastic_alpha, elastic_sigma=aug.elastic_sigma,
         contrast=aug.contrast, brightness=aug.brightness, gamma=aug.gamma)
     logging.info("em_slice_boundary: %s %s, %d training slices %s, validation %s, crops %s, "
-                 "model %s, intensity %s", data.images, self.images.shape, len(self.train_index),
-                 data.train_slices, data.val_slices or "none", self.crop, config.model.name,
-                 self.stats)
+                 "model %s, intensity %s, noise %s", data.images, self.images.shape,
+                 len(self.train_index), data.train_slices, data.val_slices or "none", self.crop,
+                 config.model.name, self.stats, self.noise_target)
 
   # ---------------------------------------------------------------- data
 
@@ -186,7 +191,8 @@ class EMSliceBoundary(Task):
                                           tuple(c // 2 for c in self.crop),
                                           padding=tuple(cfg.padding),
                                           batch_size=cfg.batch_size, flips=cfg.flip_tta),
-        watershed_grid(cfg), os.path.join(workdir, "slice_evaluation.json"))]
+        watershed_grid(cfg), os.path.join(workdir, "slice_evaluation.json"),
+        noise_target=self.noise_target)]
 
   def tune_index(self) -> list[int]:
     """The slices the post-processing is tuned on: eval.tune_slices, else the training ones."""
