@@ -14,7 +14,7 @@ parameters tuned on its own training slices (`evaluation/slice_evaluator.py`):
               (configs/mae2d_pretrain.py:isbi at --mask-ratio, run once in DIR/ratio_R,
               where experiments/masking_ratio.py --out=DIR finds and reuses it)
 Every method's input slices are blurred to the noise level of its training slices
-first (`data/noise_matching.py`; slices 15-19 are 4x noisier than 0-14), unless
+first (`data/noise_matching.py`; slices 15-19 are 3x noisier than 0-14), unless
 --no-match-noise. Runs are resumable and a finished run is reused. Writes
 DIR/em_isbi_study.json and prints a Markdown table; wall and CPU seconds (this process, all threads) per run, and
 the training steps' wall time from the run's metrics. A finished run whose evaluation

@@ -13,7 +13,7 @@ SHA-256, MODEL_CARD.md) describes in model.json:
   voxel_size    (z, y, x) nm of the training images when the file recorded it, else null
   noise_level   the training slices' median pixel noise (`noise_matching.noise_level`):
                 slices noisier than it are blurred down to it before prediction (ISBI
-                2012's later slices are 4x noisier than the first 15); null = never
+                2012's later slices are 3x noisier than the first 15); null = never
   scores        what `train-em` measured (training / validation slices)
 
 Values are standardised exactly as in training: the stored values of the volume are

@@ -1,10 +1,10 @@
 """Matching the pixel noise of new EM slices to the training slices' by a Gaussian blur.
 
 Serial sections differ in noise: ISBI 2012 slices 15-19 and its 30 unlabeled slices
-carry about four times the pixel noise of slices 0-14 (0.040 against 0.010 of the
-intensity range, `noise_level`), and a boundary network trained on the clean slices
-misses faint membranes in the noisy ones, by an amount that changes from seed to seed
-(issue 15). Before prediction, every slice noisier than the training slices by more
+carry about three times the pixel noise of slices 0-14 (medians 0.051 and 0.040 against
+0.015 of the intensity range, `noise_level`), and a boundary network trained on the
+clean slices misses faint membranes in the noisy ones, by an amount that changes from
+seed to seed (issue 15). Before prediction, every slice noisier than the training slices by more
 than `TOLERANCE` is blurred with the smallest Gaussian sigma that brings its noise
 estimate down to theirs (`matching_sigma`). The sigma comes from the image alone (no
 labels), so it can be chosen on any new volume; slices as clean as the training ones
