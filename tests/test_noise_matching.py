@@ -57,6 +57,8 @@ def test_slices_within_the_tolerance_are_left_as_stored():
   assert noise_matching.noise_level(out[1]) < noise_matching.noise_level(stack[1]) / 2
 
 
-def test_noise_level_rejects_a_volume():
+def test_noise_level_rejects_a_volume_and_leaves_tiny_slices_alone():
   with pytest.raises(ValueError, match=r"\[H, W\] slice"):
     noise_matching.noise_level(np.zeros((2, 8, 8)))
+  tiny = np.random.default_rng(4).normal(100, 30, (2, 64))
+  assert noise_matching.matching_sigma(tiny, 1e-6) == 0.0
