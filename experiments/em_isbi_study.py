@@ -33,6 +33,7 @@ import time
 import jax
 import numpy as np
 
+from experiments import slice_runs
 from experiments.masking_ratio import train
 from neuroseg_jax import config_loading, tasks
 from neuroseg_jax.data import em_labels, em_volumes, intensity, noise_matching
@@ -62,27 +63,6 @@ def classical(labeled: int, match_noise: bool) -> dict:
           "train/arand": table[params], "watershed": dataclasses.asdict(params)}
 
 
-def evaluated_as_asked(path: str, match_noise: bool) -> bool:
-  """Whether the run's slice evaluation exists, tuned every current watershed field and
-  matched the slices' noise (or not) as asked."""
-  if not os.path.exists(path):
-    return False
-  with open(path) as f:
-    evaluation = json.load(f)
-  return (set(evaluation["watershed"]) ==
-          {f.name for f in dataclasses.fields(slice_segmentation.WatershedParams)} and
-          "noise_target" in evaluation and bool(evaluation["noise_target"]) == match_noise)
-
-
-def evaluate(task, state, workdir: str) -> None:
-  """Runs the task's evaluators on a finished run's final state (writes its JSON)."""
-  predict_fn = jax.jit(task.predict_fn)
-  predict = lambda batch: jax.device_get(  # noqa: E731
-      predict_fn(state["params"], state["model_state"], batch))
-  for evaluator in task.evaluators(workdir):
-    list(evaluator.run(predict))
-
-
 def mae_workdir(args) -> str:
   return os.path.join(args.out, f"ratio_{args.mask_ratio}")
 
@@ -110,14 +90,7 @@ def network(method: str, labeled: int, seed: int, args) -> tuple[dict, str]:
              os.path.join(args.out, f"{method}_n{labeled}_s{seed}"))
   task = tasks.build(config_loading.load_config(spec))
   state = loop.train(task, workdir, devices=jax.devices()[:1])
-  path = os.path.join(workdir, "slice_evaluation.json")
-  if not evaluated_as_asked(path, args.match_noise):
-    evaluate(task, state, workdir)
-  with open(path) as f:
-    evaluation = json.load(f)
-  return ({**{f"val/{k}": v for k, v in evaluation["val_mean"].items()},
-           "val/arand_oracle": evaluation["val_arand_oracle"],
-           "train/arand": evaluation["train_arand"], "watershed": evaluation["watershed"],
+  return ({**slice_runs.slice_scores(task, state, workdir),
            "train_seconds": round(loop.training_seconds(workdir), 1)},
           spec)
 

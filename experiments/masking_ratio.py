@@ -17,7 +17,8 @@ CPU time of this call (small for a run reused from an earlier call) and the wall
 time of the training steps from the run's metrics (the same whether reused or not).
 With --finetune the given UNETR fine-tuning config is run once from scratch and
 once per ratio with `pretrained=<that ratio's workdir>` (its ViT size, patch and
-class token must match the MAE's), and its final val/* scores are added.
+class token must match the MAE's), and its final val/* scores are added (an EM slice
+run that was evaluated under other settings is evaluated again: `slice_runs.py`).
 
 Writes OUT/masking_ratio.csv, OUT/masking_ratio.json and OUT/masking_ratio.png;
 each run's workdir is OUT/ratio_<R> (a finished run is reused, not retrained).
@@ -35,6 +36,7 @@ import jax
 from matplotlib import figure as mpl_figure
 
 import neuroseg_jax.tasks.mae_pretrain  # noqa: F401  (registers "mae_pretrain")
+from experiments import slice_runs
 from neuroseg_jax import config_loading
 from neuroseg_jax.training import loop
 from neuroseg_jax import tasks
@@ -66,9 +68,20 @@ def train(spec: str, workdir: str) -> tuple[list[dict], float, float]:
   return loop.read_metrics(workdir), time.time() - start, time.process_time() - cpu
 
 
-def finetune_scores(spec: str, pretrained: str, workdir: str) -> dict:
-  records, _, _ = train(with_args(spec, f"pretrained={pretrained}"), workdir)
-  return {f"finetune_{k}": v for k, v in last_values(records, "val/").items()}
+def finetune_scores(spec: str, workdir: str) -> dict:
+  """Trains (or reuses) the fine-tuning run; its final val/* scores as finetune_val/*. An EM
+  slice run's come from its evaluation JSON, evaluated again when it predates the
+  config's evaluation settings (`slice_runs.slice_scores`)."""
+  config = config_loading.load_config(spec)
+  task = tasks.build(config)
+  state = loop.train(task, workdir, devices=jax.devices()[:1])
+  if config.task == "em_slice_boundary":
+    scores = slice_runs.slice_scores(task, state, workdir)
+    scores = {**{k: v for k, v in scores.items() if k.startswith("val/")},
+              **{f"val/{k}": v for k, v in scores["watershed"].items()}}
+  else:
+    scores = last_values(loop.read_metrics(workdir), "val/")
+  return {f"finetune_{k}": v for k, v in scores.items()}
 
 
 def run_ratio(args, ratio: float) -> dict:
@@ -84,7 +97,8 @@ def run_ratio(args, ratio: float) -> dict:
          "train_seconds": round(loop.training_seconds(workdir), 1),
          "workdir": workdir}
   if args.finetune:
-    row.update(finetune_scores(args.finetune, workdir, os.path.join(workdir, "finetune")))
+    row.update(finetune_scores(with_args(args.finetune, f"pretrained={workdir}"),
+                               os.path.join(workdir, "finetune")))
   print(json.dumps(row), flush=True)
   return row
 
@@ -125,8 +139,7 @@ def main():
   rows = [run_ratio(args, ratio) for ratio in args.ratios]
   scratch = None
   if args.finetune:
-    records, _, _ = train(args.finetune, os.path.join(args.out, "finetune_scratch"))
-    scratch = {f"finetune_{k}": v for k, v in last_values(records, "val/").items()}
+    scratch = finetune_scores(args.finetune, os.path.join(args.out, "finetune_scratch"))
   result = {"config": args.config, "finetune": args.finetune, "rows": rows, "scratch": scratch}
   with open(os.path.join(args.out, "masking_ratio.json"), "w") as f:
     json.dump(result, f, indent=2)
