@@ -16,10 +16,11 @@ parameters tuned on its own training slices (`evaluation/slice_evaluator.py`):
 Every method's input slices are blurred to the noise level of its training slices
 first (`data/noise_matching.py`; slices 15-19 are 3x noisier than 0-14), unless
 --no-match-noise. Runs are resumable and a finished run is reused. Writes
-DIR/em_isbi_study.json and prints a Markdown table; wall and CPU seconds (this process, all threads) per run, and
-the training steps' wall time from the run's metrics. A finished run whose evaluation
-predates the current watershed grid, or matched noise otherwise than asked, is evaluated
-again from its final checkpoint.
+DIR/em_isbi_study.json (rows with and without noise matching side by side) and prints
+a Markdown table of the rows as asked; wall and CPU seconds (this process, all threads)
+per run, and the training steps' wall time from the run's metrics. A finished run whose
+evaluation predates the current watershed grid, or matched noise otherwise than asked,
+is evaluated again from its final checkpoint (`slice_runs.py`).
 """
 
 from __future__ import annotations
