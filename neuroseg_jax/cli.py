@@ -273,6 +273,10 @@ def _segment_em(argv: list[str]) -> None:
                                     args.labels, args.labels_kind, args.labels_key)
     print(f"{summary['instances']} cells in {len(summary['instances_per_slice'])} slices "
           f"({summary['seconds']:.1f} s) -> {', '.join(summary['files'])} in {args.out}")
+    blurred = [s for s in summary["noise_blur_per_slice"] or [] if s > 0]
+    if blurred:
+      print(f"{len(blurred)} slices noisier than the training slices were blurred to their "
+            f"noise level first (sigma {min(blurred):g}-{max(blurred):g} px)")
     if "scores" in summary:
       scores = summary["scores"]
       print(f"against {args.labels}: mean adapted Rand error {scores['arand']:.4f}, VOI split "

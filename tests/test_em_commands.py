@@ -113,7 +113,7 @@ def test_train_em_then_segment_em(membrane_data, tmp_path, capsys):
   summary = json.loads((out / "segmentation.json").read_text())
   assert summary["shape"] == list(stack.shape)
   assert summary["instances_per_slice"] == [len(s) for s in ids]
-  assert len(summary["noise_blur_per_slice"]) == DEPTH  # slices as noisy as training: 0 or small
+  assert summary["noise_blur_per_slice"] == [0.0] * DEPTH  # as noisy as the training slices
   assert summary["watershed"] == spec["watershed"]
   assert set(summary["scores"]) == {"arand", "voi_split", "voi_merge"}
   assert len(summary["scores_per_slice"]["arand"]) == DEPTH
@@ -124,6 +124,18 @@ def test_train_em_then_segment_em(membrane_data, tmp_path, capsys):
   # A second model of the same architecture reuses the compiled forward pass.
   again = em_predictor.EMBoundaryModel(model_folder.read(str(model_dir)), "copy")
   assert again._forward is model._forward  # pylint: disable=protected-access
+
+  # A slice much noisier than the training slices is blurred first, and only that one.
+  noisy = stack.astype(np.float32)
+  noisy[2] += np.random.default_rng(5).normal(0, 40, noisy[2].shape)
+  tifffile.imwrite(tmp_path / "noisy.tif", np.clip(noisy, 0, 255).astype(np.uint8),
+                   photometric="minisblack")
+  cli.main(["segment-em", str(tmp_path / "noisy.tif"), "--model", str(model_dir), "--out",
+            str(tmp_path / "seg_noisy")])
+  assert "1 slices noisier than the training slices were blurred" in capsys.readouterr().out
+  sigmas = json.loads((tmp_path / "seg_noisy" / "segmentation.json").read_text())[
+      "noise_blur_per_slice"]
+  assert sigmas[2] > 0 and sigmas[:2] + sigmas[3:] == [0.0] * (DEPTH - 1)
 
 
 def test_train_em_tunes_on_out_of_fold_maps(membrane_data, tmp_path, capsys, monkeypatch):
