@@ -186,7 +186,8 @@ def _train_em(argv: list[str]) -> None:
       "`segment-em --model`: a 2-D U-Net or UNETR (configs/em2d_boundary.py) predicts "
       "membranes, a per-slice watershed tuned on the tuning slices (default: the training "
       "slices) turns them into cells; the validation slices are scored (adapted Rand error, "
-      "VOI). Calling it again resumes.",
+      "VOI). New slices noisier than the training slices are blurred to their noise level "
+      "before prediction. Calling it again resumes.",
       "neuroseg-jax train-em --data ../shared/data/isbi2012/train --out models/isbi "
       "--val-slices 15-19 --steps 2000 --merge --tune-folds 3")
   parser.add_argument("--data", default=None, help=(
@@ -226,6 +227,9 @@ def _train_em(argv: list[str]) -> None:
   parser.add_argument("--scale", default="full", choices=("full", "smoke"),
                       help="network and crop sizes: the config's, or smoke (tiny, 32x32 crops, "
                       "batch 2: checks data and pipeline in seconds, segments poorly)")
+  parser.add_argument("--seed", type=int, default=0,
+                      help="random seed of the initialisation, crops and augmentation (the fold "
+                      "models of --tune-folds use it too)")
   parser.add_argument("--overwrite", action="store_true",
                       help="replace a training run of other data or settings in --out")
   args = parser.parse_args(argv)
@@ -237,7 +241,7 @@ def _train_em(argv: list[str]) -> None:
         images, labels, args.out, args.model, args.pretrained or "", args.steps,
         args.train_slices, args.val_slices, args.labels_kind, args.overwrite,
         " ".join(["neuroseg-jax train-em", *argv]), args.scale, args.key or "",
-        args.labels_key or "", args.tune_slices, args.merge, args.tune_folds)
+        args.labels_key or "", args.tune_slices, args.merge, args.tune_folds, args.seed)
     for name, value in scores.items():
       print(f"{name}: {value}")
     print(f"model written to {args.out}")

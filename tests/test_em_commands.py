@@ -76,7 +76,7 @@ def test_train_em_then_segment_em(membrane_data, tmp_path, capsys):
   model_dir = tmp_path / "model"
   cli.main(["train-em", "--data", str(membrane_data), "--out", str(model_dir), "--scale", "smoke",
             "--steps", "2", "--train-slices", "0-1", "--tune-slices", "2", "--val-slices", "3",
-            "--merge"])
+            "--merge", "--seed", "3"])
   printed = capsys.readouterr().out
   assert "val_arand" in printed and f"model written to {model_dir}" in printed
   spec = json.loads((model_dir / "model.json").read_text())
@@ -91,8 +91,9 @@ def test_train_em_then_segment_em(membrane_data, tmp_path, capsys):
   assert spec["scores"]["tune_slices"] == "2"
   assert 0.0 <= spec["scores"]["val_arand"] <= 1.0
   card = (model_dir / "MODEL_CARD.md").read_text()
+  assert json.loads((model_dir / "run" / "config.json").read_text())["seed"] == 3
   for fragment in (str(membrane_data / "image"), "training slices 0-1", "tuned on slices 2",
-                   "Intended use",
+                   "seed 3", "Intended use",
                    "Hardware", "neuroseg-jax train-em", "val_voi_merge"):
     assert fragment in card, fragment
 

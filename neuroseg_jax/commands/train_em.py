@@ -120,8 +120,8 @@ def check_pretrained_vit(pretrained: str, config: ml_collections.ConfigDict, sca
 
 def recipe_config(images: str, labels: str, model: str = "unet", pretrained: str = "",
                   train_slices: str = "0-14", num_steps: int = 400, labels_kind: str = "auto",
-                  scale: str = "full", key: str = "", labels_key: str = "", merge: bool = False
-                  ) -> ml_collections.ConfigDict:
+                  scale: str = "full", key: str = "", labels_key: str = "", merge: bool = False,
+                  seed: int = 0) -> ml_collections.ConfigDict:
   """configs/em2d_boundary.py for these data and settings, without validation slices
   (`merge`: its grid also tunes the agglomeration of fragments)."""
   if model not in MODELS:
@@ -143,7 +143,8 @@ def recipe_config(images: str, labels: str, model: str = "unet", pretrained: str
     raise DataError(CONFIG, "config not found; run from a source checkout installed with "
                     "`pip install -e .`")
   variants = ",".join(v for v in (SCALES[scale], model, "merge" if merge else "") if v)
-  config = config_loading.load_config(f"{CONFIG}:isbi,{variants},num_steps={num_steps}")
+  config = config_loading.load_config(
+      f"{CONFIG}:isbi,{variants},num_steps={num_steps},seed={seed}")
   # Paths and slices are set on the config, not in the argument string (commas, "=").
   config.data.images, config.data.key = os.path.abspath(images), key
   config.data.labels, config.data.labels_key = os.path.abspath(labels), labels_key
@@ -193,8 +194,8 @@ def _card(config, task, scale: str, params, voxel_size, scores: dict, seconds: f
            f"- Voxel size: {size}.",
            f"- Recipe: `configs/em2d_boundary.py` ({scale} sizes), {config.num_steps} steps of "
            f"batch {config.batch_size}, {'x'.join(map(str, data.crop))} px crops, lr "
-           f"{config.optimizer.lr}, dihedral / elastic / intensity augmentation; initialised "
-           f"from {init}.",
+           f"{config.optimizer.lr}, dihedral / elastic / intensity augmentation, seed "
+           f"{config.seed}; initialised from {init}.",
            f"- Command: `{command}`", f"- Hardware: {runtime.hardware_description()}.",
            f"- Training wall time: {seconds / 60:.1f} min (the logged steps, compilation "
            "included, of `run/` and any `run_fold*/` fold models; their `metrics.jsonl`).",
@@ -242,7 +243,7 @@ def train_em(images: str, labels: str, out: str, model: str = "unet", pretrained
              labels_kind: str = "auto", overwrite: bool = False,
              command: str = "neuroseg-jax train-em", scale: str = "full", key: str = "",
              labels_key: str = "", tune_slices: str = "", merge: bool = False,
-             tune_folds: int = 0) -> dict:
+             tune_folds: int = 0, seed: int = 0) -> dict:
   """Trains on the labeled slices (default: every slice not in `val_slices` or
   `tune_slices`), tunes the post-processing on `tune_slices`, or with `tune_folds` K on
   out-of-fold maps of the training slices (K contiguous folds, each predicted by a model
@@ -273,7 +274,7 @@ def train_em(images: str, labels: str, out: str, model: str = "unet", pretrained
   def train_model(slices: str, run_name: str):
     """(config, task, float16-rounded variables) of the recipe trained on `slices`."""
     config = recipe_config(images, labels, model, pretrained, slices, num_steps, labels_kind,
-                           scale, key, labels_key, merge)
+                           scale, key, labels_key, merge, seed)
     task = tasks.build(config)
     return config, task, _trained_variables(task, os.path.join(out, run_name), config,
                                             overwrite, pretrained, scale)
