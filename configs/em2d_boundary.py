@@ -14,6 +14,8 @@ field they set; sizes written "HxW"):
   crop, batch_size, num_steps, lr, seed, warmup_steps
   width, levels              the U-Net
   size, patch_size, decoder_width, pretrained   the UNETR (an MAE run of the same ViT)
+  layer_decay                the UNETR's ViT block k from the top learns at lr * layer_decay**k
+                             (1 = off; for pre-trained encoders, as MAE fine-tuning does)
   elastic_alpha              px RMS of the elastic deformation (0 = off)
   flip_tta                   switch: 4-flip test-time augmentation in evaluation
   merge                      switch: the watershed's fragments are also agglomerated, the
@@ -41,8 +43,8 @@ COMMON = dict(
     images="", key="", labels="", labels_key="", labels_kind="auto",
     train_slices="0-14", val_slices="15-19", crop="128x128", batch_size=8, num_steps=400,
     lr=2e-3, warmup_steps=0.05, seed=0, width=16, levels=4, size="mini", patch_size="16x16",
-    decoder_width=16, pretrained="", elastic_alpha=2.0, flip_tta=False, merge=False,
-    tune_slices="", match_noise=True,
+    decoder_width=16, pretrained="", layer_decay=1.0, elastic_alpha=2.0, flip_tta=False,
+    merge=False, tune_slices="", match_noise=True,
 )
 VARIANTS = {
     "isbi": dict(images=str(ISBI / "image"), labels=str(ISBI / "label")),
@@ -80,6 +82,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
   config.keep_checkpoints = 1
   config.optimizer.lr = args.lr
   config.optimizer.warmup_steps = args.warmup_steps
+  config.optimizer.layer_decay = args.layer_decay
   config.model = ml_collections.ConfigDict({
       "name": "unetr" if args.unetr else "unet",
       "width": args.width,

@@ -12,7 +12,8 @@ parameters tuned on its own training slices (`evaluation/slice_evaluator.py`):
   unetr       configs/em2d_boundary.py:isbi,unetr (from scratch)
   unetr_mae   the same UNETR, encoder from MAE pre-training
               (configs/mae2d_pretrain.py:isbi at --mask-ratio, run once in DIR/ratio_R,
-              where experiments/masking_ratio.py --out=DIR finds and reuses it)
+              where experiments/masking_ratio.py --out=DIR finds and reuses it),
+              fine-tuned with layer-wise learning-rate decay --layer-decay (1 = off)
 Every method's input slices are blurred to the noise level of its training slices
 first (`data/noise_matching.py`; slices 15-19 are 3x noisier than 0-14), unless
 --no-match-noise. Runs are resumable and a finished run is reused. Writes
@@ -84,9 +85,10 @@ def network(method: str, labeled: int, seed: int, args) -> tuple[dict, str]:
           f"match_noise={args.match_noise}")
   if method == "unetr_mae":
     mae_dir = mae_workdir(args)
-    spec += f",pretrained={mae_dir}"
+    spec += f",pretrained={mae_dir},layer_decay={args.layer_decay}"
     # The masking-ratio study's fine-tuning run of this ratio is this very run.
-    workdir = os.path.join(mae_dir, "finetune") if (labeled, seed) == (15, 0) else None
+    workdir = (os.path.join(mae_dir, "finetune")
+               if (labeled, seed) == (15, 0) and args.layer_decay == 1.0 else None)
   workdir = (workdir if method == "unetr_mae" and workdir else
              os.path.join(args.out, f"{method}_n{labeled}_s{seed}"))
   task = tasks.build(config_loading.load_config(spec))
@@ -127,6 +129,9 @@ def main():
   parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
   parser.add_argument("--steps", type=int, default=400)
   parser.add_argument("--mask-ratio", type=float, default=0.75)
+  parser.add_argument("--layer-decay", type=float, default=1.0,
+                      help="unetr_mae fine-tuning: ViT block k from the top learns at lr * "
+                           "decay**k (default 1 = off)")
   parser.add_argument("--no-match-noise", dest="match_noise", action="store_false",
                       help="predict noisy slices as stored (default: blurred to the training "
                            "slices' noise level, data/noise_matching.py)")

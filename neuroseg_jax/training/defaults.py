@@ -31,6 +31,7 @@ def optimizer_config() -> ml_collections.ConfigDict:
       "grad_clip_norm": 10.0,   # <= 0 disables clipping
       "freeze": "",             # top-level param subtree to freeze (e.g. "backbone")
       "freeze_steps": 0,        # freeze it for this many steps; -1 = the whole run
+      "layer_decay": 1.0,       # < 1: a ViT encoder's layer k from the top learns at lr * decay**k
   })
 
 

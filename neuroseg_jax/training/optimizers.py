@@ -63,6 +63,46 @@ def freeze_subtree(name: str, steps: int) -> optax.GradientTransformation:
   return optax.GradientTransformation(init, update)
 
 
+def layer_decay_scales(params: Any, decay: float, subtree: str = "encoder") -> Any:
+  """Learning-rate scales per parameter for layer-wise decay of a ViT encoder (BEiT / MAE
+  fine-tuning). In `params[subtree]`, block `blocks_{i}` (0-based) gets decay**(depth - i),
+  the patch embedding and class token decay**(depth + 1); everything else (the final norm,
+  the decoder) gets 1, so the layers nearest the input move least."""
+  if subtree not in params:
+    raise ConfigError(f"optimizer.layer_decay needs a top-level {subtree!r} parameter subtree "
+                      f"(a ViT encoder); this model has: {', '.join(sorted(params))}")
+  depth = sum(1 for name in params[subtree] if name.startswith("blocks_"))
+
+  def scale(path, leaf):
+    del leaf
+    names = [getattr(key, "key", str(key)) for key in path]
+    if names[0] != subtree:
+      return 1.0
+    if names[1].startswith("blocks_"):
+      return decay ** (depth - int(names[1].removeprefix("blocks_")))
+    if names[1] in ("patch_embed", "cls_token"):
+      return decay ** (depth + 1)
+    return 1.0
+
+  return jax.tree_util.tree_map_with_path(scale, params)
+
+
+def scale_by_layer_decay(decay: float, subtree: str = "encoder") -> optax.GradientTransformation:
+  """Multiplies each update by its `layer_decay_scales` factor (the whole AdamW step,
+  weight decay included, as a per-layer learning rate would)."""
+
+  def init(params):
+    layer_decay_scales(params, decay, subtree)  # fails early on a model without the subtree
+    return optax.EmptyState()
+
+  def update(updates, state, params=None):
+    del params
+    scales = layer_decay_scales(updates, decay, subtree)
+    return jax.tree.map(lambda u, s: u * s, updates, scales), state
+
+  return optax.GradientTransformation(init, update)
+
+
 def make_optimizer(config: ml_collections.ConfigDict
                    ) -> tuple[optax.GradientTransformation, Callable[[Any], Any]]:
   """Returns (transformation, learning-rate schedule) for `config.optimizer`."""
@@ -72,6 +112,8 @@ def make_optimizer(config: ml_collections.ConfigDict
   if cfg.grad_clip_norm > 0:
     parts.append(optax.clip_by_global_norm(cfg.grad_clip_norm))
   parts.append(OPTIMIZERS.get(cfg.name)(cfg, schedule))
+  if cfg.layer_decay != 1.0:
+    parts.append(scale_by_layer_decay(cfg.layer_decay))
   if cfg.freeze:
     parts.append(freeze_subtree(cfg.freeze, cfg.freeze_steps))
   return optax.chain(*parts), schedule
