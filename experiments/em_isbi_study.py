@@ -2,6 +2,8 @@
 
   python -m experiments.em_isbi_study --out=DIR                       # the table in RESULTS.md
   python -m experiments.em_isbi_study --out=DIR --labels 2 5 15 --seeds 0 1 2 --steps 400
+  python -m experiments.em_isbi_study --out=DIR --methods unetr unetr_mae --patch-size 8x8 \
+      --mae-steps 4500 --layer-decay 0.75
 
 Every method is trained on the first N labeled slices (0..N-1) and scored on slices
 15-19 (adapted Rand error and VOI split / merge per slice, mean; ground truth = the
@@ -13,7 +15,8 @@ parameters tuned on its own training slices (`evaluation/slice_evaluator.py`):
   unetr_mae   the same UNETR, encoder from MAE pre-training
               (configs/mae2d_pretrain.py:isbi at --mask-ratio, run once in DIR/ratio_R,
               where experiments/masking_ratio.py --out=DIR finds and reuses it),
-              fine-tuned with layer-wise learning-rate decay --layer-decay (1 = off)
+              fine-tuned with layer-wise learning-rate decay --layer-decay (1 = off);
+              --patch-size (both UNETRs and the MAE) and --mae-steps vary the ViT
 Every method's input slices are blurred to the noise level of its training slices
 first (`data/noise_matching.py`; slices 15-19 are 3x noisier than 0-14), unless
 --no-match-noise. Runs are resumable and a finished run is reused. Writes
@@ -46,6 +49,7 @@ ISBI = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "sha
                     "isbi2012", "train")
 VAL = list(range(15, 20))
 METHODS = ("classical", "unet", "unetr", "unetr_mae")
+PATCH = "16x16"  # configs/em2d_boundary.py's and configs/mae2d_pretrain.py:isbi's
 
 
 def classical(labeled: int, match_noise: bool) -> dict:
@@ -66,15 +70,20 @@ def classical(labeled: int, match_noise: bool) -> dict:
 
 
 def mae_workdir(args) -> str:
-  return os.path.join(args.out, f"ratio_{args.mask_ratio}")
+  """DIR/ratio_R, with _patchP / _stepsN when those differ from configs/mae2d_pretrain.py:isbi."""
+  name = f"ratio_{args.mask_ratio}"
+  name += f"_patch{args.patch_size}" if args.patch_size != PATCH else ""
+  return os.path.join(args.out, name + (f"_steps{args.mae_steps}" if args.mae_steps else ""))
 
 
 def pretrain(args) -> dict:
   """The MAE run unetr_mae starts from (reused when finished): its time and final loss."""
+  spec = f"configs/mae2d_pretrain.py:isbi,mask_ratio={args.mask_ratio},patch_size={args.patch_size}"
   records, seconds, cpu_seconds = train(
-      f"configs/mae2d_pretrain.py:isbi,mask_ratio={args.mask_ratio}", mae_workdir(args))
+      spec + (f",num_steps={args.mae_steps}" if args.mae_steps else ""), mae_workdir(args))
   loss = [r["val/reconstruction_loss"] for r in records if "val/reconstruction_loss" in r]
   return {"method": "mae_pretraining", "mask_ratio": args.mask_ratio,
+          "patch_size": args.patch_size, "num_steps": records[-1]["step"],
           "val/reconstruction_loss": loss[-1], "seconds": round(seconds, 1),
           "cpu_seconds": round(cpu_seconds, 1)}
 
@@ -83,12 +92,15 @@ def network(method: str, labeled: int, seed: int, args) -> tuple[dict, str]:
   spec = (f"configs/em2d_boundary.py:isbi,{'unet' if method == 'unet' else 'unetr'},"
           f"train_slices=0-{labeled - 1},seed={seed},num_steps={args.steps},"
           f"match_noise={args.match_noise}")
+  if method != "unet":
+    spec += f",patch_size={args.patch_size}"
   if method == "unetr_mae":
     mae_dir = mae_workdir(args)
     spec += f",pretrained={mae_dir},layer_decay={args.layer_decay}"
     # The masking-ratio study's fine-tuning run of this ratio is this very run.
     workdir = (os.path.join(mae_dir, "finetune")
-               if (labeled, seed) == (15, 0) and args.layer_decay == 1.0 else None)
+               if (labeled, seed) == (15, 0) and args.layer_decay == 1.0
+               and args.patch_size == PATCH else None)
   workdir = (workdir if method == "unetr_mae" and workdir else
              os.path.join(args.out, f"{method}_n{labeled}_s{seed}"))
   task = tasks.build(config_loading.load_config(spec))
@@ -129,6 +141,10 @@ def main():
   parser.add_argument("--methods", nargs="+", default=list(METHODS), choices=METHODS)
   parser.add_argument("--steps", type=int, default=400)
   parser.add_argument("--mask-ratio", type=float, default=0.75)
+  parser.add_argument("--patch-size", default=PATCH,
+                      help="the ViT's patch for MAE and both UNETRs, written like 8x8")
+  parser.add_argument("--mae-steps", type=int, default=0,
+                      help="MAE pre-training steps (default: configs/mae2d_pretrain.py:isbi's)")
   parser.add_argument("--layer-decay", type=float, default=1.0,
                       help="unetr_mae fine-tuning: ViT block k from the top learns at lr * "
                            "decay**k (default 1 = off)")
