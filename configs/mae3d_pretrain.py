@@ -16,8 +16,9 @@ e.g. crop=6x96x96, since commas separate arguments): source (simulator | snemi3d
 path, key (HDF5 dataset), size (a ViT size: mu, mini, tiny, small, base, large,
 huge), patch_size, crop, use_class_token, bin (z-y-x mean-pooling factors of the
 volume, e.g. 2x2x2), lowpass_sigma (Gaussian low-pass sigma in voxels after
-binning, one number or z-y-x like 0.5x1x1; 0 = off), decoder_width, decoder_depth,
-decoder_num_heads, mask_ratio, norm_pix, batch_size, num_steps, warmup_steps (a
+binning, one number or z-y-x like 0.5x1x1; 0 = off), match_noise_to (z-slices like
+30-44 whose noise level noisier slices are blurred down to; "" = off), decoder_width,
+decoder_depth, decoder_num_heads, mask_ratio, norm_pix, batch_size, num_steps, warmup_steps (a
 fraction of the run or steps), lr, weight_decay, seed, simulator_shape,
 simulator_seed, simulator_zoom (data.simulator.*), val_slices, val_axis,
 val_crops, eval_every, compute_dtype.
@@ -41,7 +42,7 @@ TOMOGRAM = Path(__file__).resolve().parents[1].parent / "shared" / "data" / "vol
 
 ARGS_3D = dict(
     smoke=False, cpu=False, tomo=False, source="simulator", path="", key="", size="base",
-    bin="1x1x1", lowpass_sigma="0", patch_size="1x16x16", crop="6x96x96",
+    bin="1x1x1", lowpass_sigma="0", match_noise_to="", patch_size="1x16x16", crop="6x96x96",
     use_class_token=True, decoder_width=384, decoder_depth=8, decoder_num_heads=16,
     mask_ratio=0.9, norm_pix=True, batch_size=96, num_steps=400_000, warmup_steps=0.25,
     lr=1e-4, weight_decay=0.0, seed=0, simulator_shape="48x256x256", simulator_seed=0,
@@ -125,6 +126,9 @@ def build_config(arg: str | None, args_defaults: dict, variants: dict) -> ml_col
                     "zoom": args.simulator_zoom},
       "bin": sizes(args.bin),
       "lowpass_sigma": sigmas(args.lowpass_sigma),  # z, y, x; all 0 = no filtering
+      # z-slices (e.g. "30-44") whose median noise level every noisier slice is blurred
+      # down to (data/noise_matching.py; "" = off); the volume is then read into memory
+      "match_noise_to": args.match_noise_to,
       "crop": sizes(args.crop),
       "val_slices": args.val_slices,   # last slices along val_axis held out for validation
       "val_axis": args.val_axis,       # 0 = z, 1 = y, 2 = x

@@ -16,7 +16,8 @@ parameters tuned on its own training slices (`evaluation/slice_evaluator.py`):
               (configs/mae2d_pretrain.py:isbi at --mask-ratio, run once in DIR/ratio_R,
               where experiments/masking_ratio.py --out=DIR finds and reuses it),
               fine-tuned with layer-wise learning-rate decay --layer-decay (1 = off);
-              --patch-size (both UNETRs and the MAE) and --mae-steps vary the ViT
+              --patch-size (both UNETRs and the MAE), --mae-steps and --mae-match-noise
+              (the MAE's slices blurred to the noise of labeled 0-14) vary the MAE
 Every method's input slices are blurred to the noise level of its training slices
 first (`data/noise_matching.py`; slices 15-19 are 3x noisier than 0-14), unless
 --no-match-noise. Runs are resumable and a finished run is reused. Writes
@@ -73,14 +74,18 @@ def mae_workdir(args) -> str:
   """DIR/ratio_R, with _patchP / _stepsN when those differ from configs/mae2d_pretrain.py:isbi."""
   name = f"ratio_{args.mask_ratio}"
   name += f"_patch{args.patch_size}" if args.patch_size != PATCH else ""
+  name += "_matched" if args.mae_match_noise else ""
   return os.path.join(args.out, name + (f"_steps{args.mae_steps}" if args.mae_steps else ""))
 
 
 def pretrain(args) -> dict:
   """The MAE run unetr_mae starts from (reused when finished): its time and final loss."""
   spec = f"configs/mae2d_pretrain.py:isbi,mask_ratio={args.mask_ratio},patch_size={args.patch_size}"
-  records, seconds, cpu_seconds = train(
-      spec + (f",num_steps={args.mae_steps}" if args.mae_steps else ""), mae_workdir(args))
+  spec += f",num_steps={args.mae_steps}" if args.mae_steps else ""
+  if args.mae_match_noise:  # its volume: the unlabeled slices, then labeled 0-19
+    unlabeled = em_volumes.open_volume(os.path.join(ISBI, "..", "unlabeled")).shape[0]
+    spec += f",match_noise_to={unlabeled}-{unlabeled + VAL[0] - 1}"
+  records, seconds, cpu_seconds = train(spec, mae_workdir(args))
   loss = [r["val/reconstruction_loss"] for r in records if "val/reconstruction_loss" in r]
   return {"method": "mae_pretraining", "mask_ratio": args.mask_ratio,
           "patch_size": args.patch_size, "num_steps": records[-1]["step"],
@@ -145,6 +150,9 @@ def main():
                       help="the ViT's patch for MAE and both UNETRs, written like 8x8")
   parser.add_argument("--mae-steps", type=int, default=0,
                       help="MAE pre-training steps (default: configs/mae2d_pretrain.py:isbi's)")
+  parser.add_argument("--mae-match-noise", action="store_true",
+                      help="MAE on slices blurred to the noise level of labeled slices 0-14 "
+                           "(the unlabeled slices are 3x noisier)")
   parser.add_argument("--layer-decay", type=float, default=1.0,
                       help="unetr_mae fine-tuning: ViT block k from the top learns at lr * "
                            "decay**k (default 1 = off)")

@@ -5,12 +5,13 @@ import os
 import jax
 import numpy as np
 import pytest
+import tifffile
 from PIL import Image
 
 import neuroseg_jax.tasks.mae_pretrain  # noqa: F401  (registers "mae_pretrain")
 from neuroseg_jax import config_loading, tasks
-from neuroseg_jax.data import em_volumes
-from neuroseg_jax.errors import DataError
+from neuroseg_jax.data import em_volumes, noise_matching
+from neuroseg_jax.errors import ConfigError, DataError
 from neuroseg_jax.models import mae as mae_lib
 from neuroseg_jax.registry import UnknownNameError
 from neuroseg_jax.losses.reconstruction import (masked_reconstruction_loss, predict_the_mean_loss,
@@ -18,7 +19,6 @@ from neuroseg_jax.losses.reconstruction import (masked_reconstruction_loss, pred
 from neuroseg_jax.tasks.mae_pretrain import ReconstructionEvaluator, reconstruction_outputs
 from neuroseg_jax.training import defaults
 from neuroseg_jax.training import loop
-from neuroseg_jax import tasks
 
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
@@ -149,3 +149,24 @@ def test_config_errors():
     tasks.get_task("mae_pretrain")(_config("mae3d_pretrain.py", "smoke,source=nope"))
   with pytest.raises(ValueError, match="unknown config argument 'mask'"):
     _config("mae3d_pretrain.py", "smoke,mask=0.5")
+
+
+def test_noisy_slices_are_blurred_to_the_reference_slices_noise(tmp_path):
+  rng = np.random.default_rng(0)
+  yy, xx = np.mgrid[:48, :48]
+  clean = 100 + 60 * np.sin(xx / 5.0) * np.cos(yy / 7.0)
+  stack = np.stack([clean + rng.normal(0, s, clean.shape) for s in (1, 1, 1, 1, 6, 6, 6, 6)])
+  path = tmp_path / "stack.tif"
+  tifffile.imwrite(path, stack.astype(np.float32))
+  task = tasks.get_task("mae_pretrain")(_config(
+      "mae2d_pretrain.py", f"smoke,source=file,path={path},val_slices=2,match_noise_to=0-3"))
+  volume = np.concatenate([task.train_volume[:], task.val_volume[:]])
+  np.testing.assert_array_equal(volume[:4], stack[:4].astype(np.float32))  # as clean: as stored
+  target = noise_matching.stack_noise_level(stack[:4])
+  matched = [noise_matching.noise_level(s) for s in volume[4:]]
+  # (measured against the blurred slice's own, slightly narrower, intensity range)
+  assert all(level <= target * 1.1 for level in matched), (matched, target)
+  assert all(noise_matching.noise_level(s) > 3 * target for s in stack[4:])
+  with pytest.raises(ConfigError, match="data.match_noise_to"):
+    tasks.get_task("mae_pretrain")(_config(
+        "mae2d_pretrain.py", f"smoke,source=file,path={path},match_noise_to=0-9"))

@@ -6,6 +6,10 @@ HDF5 dataset (`data.key`) / slice folder at `data.path`), mean-pooled
 by `data.bin` (z, y, x) factors when they are not all 1 (`em_volumes.BinnedVolume`),
 then low-pass filtered by a Gaussian of `data.lowpass_sigma` (z, y, x voxels) when it
 is not all 0 (`em_volumes.GaussianFilteredVolume`; for noise-dominated tomograms).
+With `data.match_noise_to` (z-slices such as "30-44", the images a fine-tuning run will
+train on), every slice noisier than those is blurred down to their median noise level
+(`noise_matching.match_slices`, as fine-tuning's evaluation does with new slices), so
+the encoder learns from inputs as clean as the ones it will be fine-tuned and used on.
 The last `data.val_slices` slices along axis `data.val_axis` (0 = z, the default;
 1 = y, 2 = x, for volumes whose z-ends hold no structure, such as a tomogram's ice)
 are held out for validation; training crops come from the slices before them. Crops
@@ -45,12 +49,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from neuroseg_jax import tasks
-from neuroseg_jax.data import em_sources, em_volumes, intensity, volume_crops
+from neuroseg_jax.data import em_sources, em_volumes, intensity, noise_matching, volume_crops
 from neuroseg_jax.errors import DataError
 from neuroseg_jax.evaluation import reconstruction_figures
 from neuroseg_jax.losses import reconstruction
 from neuroseg_jax.models import mae as mae_lib
 from neuroseg_jax.models import vit
+from neuroseg_jax.tasks import em_slices
 from neuroseg_jax.training.task import Task
 
 def build_mae(config) -> mae_lib.MAE:
@@ -130,6 +135,8 @@ class MAEPretrain(Task):
       volume = em_volumes.BinnedVolume(volume, data.bin)
     if any(data.lowpass_sigma):
       volume = em_volumes.GaussianFilteredVolume(volume, data.lowpass_sigma)
+    if data.match_noise_to:
+      volume = self._noise_matched(volume, data.match_noise_to)
     if data.val_axis not in (0, 1, 2):
       raise DataError("data.val_axis", f"expected 0 (z), 1 (y) or 2 (x), got {data.val_axis}")
     axis, size = data.val_axis, volume.shape[data.val_axis]
@@ -145,6 +152,19 @@ class MAEPretrain(Task):
     logging.info("mae_pretrain: %s volume %s, train %s [0, %d), validation [%d, %d), crops %s, "
                  "intensity %s", data.source, volume.shape, "zyx"[axis], split,
                  split if data.val_slices else 0, size, self.crop, self.stats)
+
+  @staticmethod
+  def _noise_matched(volume, reference_slices: str) -> np.ndarray:
+    """[D, H, W] float32 in memory: each slice blurred to the median noise level of the
+    `reference_slices` ("30-44"), or left as stored when it is no noisier."""
+    stack = np.asarray(volume[:])
+    index = em_slices.parse_slices(reference_slices, stack.shape[0], "data.match_noise_to")
+    target = noise_matching.stack_noise_level(stack[index])
+    matched, sigmas = noise_matching.match_slices(stack, target)
+    logging.info("mae_pretrain: %d of %d slices blurred to noise level %.4f (slices %s), "
+                 "sigma up to %.2f px", sum(s > 0 for s in sigmas), len(sigmas), target,
+                 reference_slices, max(sigmas))
+    return matched
 
   def _crop(self, volume, rng, augmentation=None) -> np.ndarray:
     """[*crop, 1] float32 crop, standardised: about zero mean and unit variance over the volume."""
