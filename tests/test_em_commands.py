@@ -182,6 +182,13 @@ def test_pretrain_em_config_has_the_vit_of_train_em(membrane_data, scale):
   for field in ("size", "patch_size", "use_class_token"):
     assert config.model[field] == unetr.model[field], field
   assert config.data.crop == unetr.data.crop
+  assert unetr.optimizer.layer_decay == 1.0  # from scratch: one learning rate
+  run = membrane_data / f"mae_{scale}"
+  run.mkdir()
+  (run / "config.json").write_text(config.to_json())
+  tuned = train_em.recipe_config(folders[1], str(membrane_data / "label"), "unetr",
+                                 pretrained=str(run), scale=scale)
+  assert tuned.optimizer.layer_decay == train_em.PRETRAINED_LAYER_DECAY < 1.0
 
 
 def test_segment_em_missing_input(capsys, tmp_path):

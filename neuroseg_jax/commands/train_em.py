@@ -5,7 +5,8 @@ ISBI 2012's, 0 = membrane, or instance ids; `--labels-kind`), as slice folders,
 TIFF stacks, HDF5 or zarr: FOLDER/image(/|.tif|.h5|.zarr) and FOLDER/label(...),
 the first found, or `--images` / `--labels` paths. The run uses
 `configs/em2d_boundary.py` (U-Net, or UNETR whose ViT can start from a
-`pretrain-em` run) in `MODEL_DIR/run/` (resumable: calling the command again
+`pretrain-em` run, then fine-tuned with layer-wise learning-rate decay
+`PRETRAINED_LAYER_DECAY`) in `MODEL_DIR/run/` (resumable: calling the command again
 continues it). The training run itself evaluates nothing (its config has no
 validation slices, so changing `--val-slices` does not start a new run); afterwards
 the model as stored (float16 weights; slices noisier than its training slices are
@@ -46,6 +47,9 @@ from neuroseg_jax.training import transfer
 
 CONFIG = Path(__file__).resolve().parents[2] / "configs" / "em2d_boundary.py"
 MODELS = ("unet", "unetr")
+# Fine-tuning a pre-trained ViT: MAE's layer-wise learning-rate decay (RESULTS.md, "MAE:
+# layer-wise learning-rate decay, patch size, budget"; 0.75 as in MAE's own fine-tuning).
+PRETRAINED_LAYER_DECAY = 0.75
 # Network and crop sizes: the config's own, or its smoke variant (tiny networks, 32x32
 # crops, batch 2: checks data and pipeline in seconds; segments poorly).
 SCALES = {"full": "", "smoke": "smoke"}
@@ -153,6 +157,7 @@ def recipe_config(images: str, labels: str, model: str = "unet", pretrained: str
   config.model.pretrained = os.path.abspath(pretrained) if pretrained else ""
   if pretrained:
     check_pretrained_vit(pretrained, config, scale)
+    config.optimizer.layer_decay = PRETRAINED_LAYER_DECAY
   return config
 
 
@@ -172,6 +177,11 @@ def _architecture(model_cfg) -> str:
   patch = "x".join(map(str, model_cfg.patch_size))
   return (f"2-D UNETR on a ViT-{model_cfg.size} (patch {patch}, class token), decoder "
           f"{model_cfg.decoder_width} wide")
+
+
+def _layer_decay_text(config) -> str:
+  decay = config.optimizer.layer_decay
+  return f" (ViT block k from the top at lr x {decay:g}^k)" if decay != 1.0 else ""
 
 
 def _card(config, task, scale: str, params, voxel_size, scores: dict, seconds: float,
@@ -194,7 +204,8 @@ def _card(config, task, scale: str, params, voxel_size, scores: dict, seconds: f
            f"- Voxel size: {size}.",
            f"- Recipe: `configs/em2d_boundary.py` ({scale} sizes), {config.num_steps} steps of "
            f"batch {config.batch_size}, {'x'.join(map(str, data.crop))} px crops, lr "
-           f"{config.optimizer.lr}, dihedral / elastic / intensity augmentation, seed "
+           f"{config.optimizer.lr}{_layer_decay_text(config)}, dihedral / elastic / "
+           "intensity augmentation, seed "
            f"{config.seed}; initialised from {init}.",
            f"- Command: `{command}`", f"- Hardware: {runtime.hardware_description()}.",
            f"- Training wall time: {seconds / 60:.1f} min (the logged steps, compilation "
