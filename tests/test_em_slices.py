@@ -8,10 +8,9 @@ import numpy as np
 import pytest
 
 from neuroseg_jax.data import em_slice_crops, intensity
-from neuroseg_jax.errors import ConfigError, DataError
+from neuroseg_jax.errors import DataError
 from neuroseg_jax.evaluation import em_classical, slice_segmentation as ss
 from neuroseg_jax.models import unet, unetr, vit
-from neuroseg_jax.tasks import em_slices
 
 
 def grid_cells(depth=2, size=48, cell=12):
@@ -185,21 +184,7 @@ def test_unetr_runs_on_2d_images_with_a_2d_patch():
     model.init(jax.random.PRNGKey(0), jnp.ones((1, 4, 32, 32, 1)))
 
 
-def test_slice_lists_parse_and_reject_out_of_range():
-  assert em_slices.parse_slices("0-3+7", 10, "f") == [0, 1, 2, 3, 7]
-  with pytest.raises(ConfigError, match="not inside"):
-    em_slices.parse_slices("5-12", 10, "data.train_slices")
-  with pytest.raises(ConfigError, match="written like"):
-    em_slices.parse_slices("a-b", 10, "data.train_slices")
-
-
 def test_watershed_params_round_trip_as_dict():
   params = ss.WatershedParams(0.2, 8, 1.0, 2.0)
   assert ss.WatershedParams(**dataclasses.asdict(params)) == params
 
-
-def test_slice_text_round_trips_through_the_parser():
-  from neuroseg_jax.commands.train_em import slices_text
-  indices = [0, 1, 2, 5, 7, 8]
-  assert slices_text(indices) == "0-2+5+7-8"
-  assert em_slices.parse_slices(slices_text(indices), 9, "f") == indices

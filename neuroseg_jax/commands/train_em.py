@@ -39,6 +39,7 @@ from neuroseg_jax import runtime
 from neuroseg_jax import tasks
 from neuroseg_jax.data import em_labels
 from neuroseg_jax.data import em_volumes
+from neuroseg_jax.data.slice_ranges import parse_slices, slices_text
 from neuroseg_jax.errors import ConfigError, DataError
 from neuroseg_jax.evaluation import slice_segmentation
 from neuroseg_jax.tasks import em_slices
@@ -87,17 +88,6 @@ def training_devices(batch_size: int) -> list:
   """The first local devices, as many as divide the batch (all of them when they do)."""
   devices = jax.local_devices()
   return devices[:math.gcd(batch_size, len(devices))]
-
-
-def slices_text(indices) -> str:
-  """Sorted z indices -> the "0-4+10-12" form `em_slices.parse_slices` reads."""
-  runs = []
-  for z in sorted(indices):
-    if runs and z == runs[-1][1] + 1:
-      runs[-1][1] = z
-    else:
-      runs.append([z, z])
-  return "+".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs)
 
 
 def check_pretrained_vit(pretrained: str, config: ml_collections.ConfigDict, scale: str) -> None:
@@ -262,8 +252,8 @@ def train_em(images: str, labels: str, out: str, model: str = "unet", pretrained
   or else on the training slices themselves; writes the model folder `out`; returns
   its scores."""
   depth = em_volumes.open_volume(images, key or None).shape[0]
-  val_index = em_slices.parse_slices(val_slices, depth, "--val-slices") if val_slices else []
-  tune_index = em_slices.parse_slices(tune_slices, depth, "--tune-slices") if tune_slices else []
+  val_index = parse_slices(val_slices, depth, "--val-slices") if val_slices else []
+  tune_index = parse_slices(tune_slices, depth, "--tune-slices") if tune_slices else []
   if set(tune_index) & set(val_index):
     raise ConfigError(f"--tune-slices {tune_slices} overlaps --val-slices {val_slices}")
   if tune_folds and tune_index:
@@ -273,7 +263,7 @@ def train_em(images: str, labels: str, out: str, model: str = "unet", pretrained
     if not rest:
       raise ConfigError(f"--val-slices and --tune-slices leave no slice of {depth} to train on")
     train_slices = slices_text(rest)
-  train_index = em_slices.parse_slices(train_slices, depth, "--train-slices")
+  train_index = parse_slices(train_slices, depth, "--train-slices")
   if tune_folds and not 2 <= tune_folds <= len(train_index):
     raise ConfigError(f"--tune-folds must be from 2 to the {len(train_index)} training slices, "
                       f"got {tune_folds}")

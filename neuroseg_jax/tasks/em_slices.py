@@ -39,6 +39,7 @@ import numpy as np
 
 from neuroseg_jax import tasks
 from neuroseg_jax.data import em_labels, em_slice_crops, em_volumes, intensity, noise_matching
+from neuroseg_jax.data.slice_ranges import parse_slices
 from neuroseg_jax.errors import ConfigError, DataError
 from neuroseg_jax.evaluation import slice_evaluator, slice_segmentation
 from neuroseg_jax.losses import segmentation as seg_losses
@@ -48,21 +49,6 @@ from neuroseg_jax.training import transfer
 from neuroseg_jax.training.task import Task
 
 MODELS: Registry = Registry("EM slice model")
-
-
-def parse_slices(text: str, depth: int, field: str) -> list[int]:
-  """"0-14" / "3" / "0-4+10-12" -> sorted z indices, each inside [0, depth)."""
-  indices = set()
-  try:
-    for part in str(text).split("+"):
-      first, _, last = part.partition("-")
-      indices.update(range(int(first), int(last or first) + 1))
-  except ValueError:
-    raise ConfigError(f"{field}: expected slices written like 0-14 or 0-4+10-12, got {text!r}"
-                      ) from None
-  if not indices or min(indices) < 0 or max(indices) >= depth:
-    raise ConfigError(f"{field}: slices {text!r} are not inside the volume's {depth} slices")
-  return sorted(indices)
 
 
 @MODELS.register("unet")

@@ -49,13 +49,13 @@ import jax.numpy as jnp
 import numpy as np
 
 from neuroseg_jax import tasks
-from neuroseg_jax.data import em_sources, em_volumes, intensity, noise_matching, volume_crops
+from neuroseg_jax.data import (em_sources, em_volumes, intensity, noise_matching,
+                               slice_ranges, volume_crops)
 from neuroseg_jax.errors import DataError
 from neuroseg_jax.evaluation import reconstruction_figures
 from neuroseg_jax.losses import reconstruction
 from neuroseg_jax.models import mae as mae_lib
 from neuroseg_jax.models import vit
-from neuroseg_jax.tasks import em_slices
 from neuroseg_jax.training.task import Task
 
 def build_mae(config) -> mae_lib.MAE:
@@ -158,7 +158,7 @@ class MAEPretrain(Task):
     """[D, H, W] float32 in memory: each slice blurred to the median noise level of the
     `reference_slices` ("30-44"), or left as stored when it is no noisier."""
     stack = np.asarray(volume[:])
-    index = em_slices.parse_slices(reference_slices, stack.shape[0], "data.match_noise_to")
+    index = slice_ranges.parse_slices(reference_slices, stack.shape[0], "data.match_noise_to")
     target = noise_matching.stack_noise_level(stack[index])
     matched, sigmas = noise_matching.match_slices(stack, target)
     logging.info("mae_pretrain: %d of %d slices blurred to noise level %.4f (slices %s), "
