@@ -71,7 +71,8 @@ def classical(labeled: int, match_noise: bool) -> dict:
 
 
 def mae_workdir(args) -> str:
-  """DIR/ratio_R, with _patchP / _stepsN when those differ from configs/mae2d_pretrain.py:isbi."""
+  """DIR/ratio_R, plus _patchP / _matched / _stepsN for settings other than
+  configs/mae2d_pretrain.py:isbi's."""
   name = f"ratio_{args.mask_ratio}"
   name += f"_patch{args.patch_size}" if args.patch_size != PATCH else ""
   name += "_matched" if args.mae_match_noise else ""
@@ -80,7 +81,8 @@ def mae_workdir(args) -> str:
 
 def pretrain(args) -> dict:
   """The MAE run unetr_mae starts from (reused when finished): its time and final loss."""
-  spec = f"configs/mae2d_pretrain.py:isbi,mask_ratio={args.mask_ratio},patch_size={args.patch_size}"
+  spec = (f"configs/mae2d_pretrain.py:isbi,mask_ratio={args.mask_ratio},"
+          f"patch_size={args.patch_size}")
   spec += f",num_steps={args.mae_steps}" if args.mae_steps else ""
   if args.mae_match_noise:  # its volume: the unlabeled slices, then labeled 0-19
     unlabeled = em_volumes.open_volume(os.path.join(ISBI, "..", "unlabeled")).shape[0]
