@@ -18,8 +18,8 @@ huge), patch_size, crop, use_class_token, bin (z-y-x mean-pooling factors of the
 volume, e.g. 2x2x2), lowpass_sigma (Gaussian low-pass sigma in voxels after
 binning, one number or z-y-x like 0.5x1x1; 0 = off), match_noise_to (z-slices like
 30-44 whose noise level noisier slices are blurred down to; "" = off), decoder_width,
-decoder_depth, decoder_num_heads, mask_ratio, norm_pix, batch_size, num_steps, warmup_steps (a
-fraction of the run or steps), lr, weight_decay, seed, simulator_shape,
+decoder_depth, decoder_num_heads, mask_ratio, norm_pix, batch_size, num_steps,
+warmup_steps (a fraction of the run or steps), lr, weight_decay, seed, simulator_shape,
 simulator_seed, simulator_zoom (data.simulator.*), val_slices, val_axis,
 val_crops, eval_every, compute_dtype.
 
