@@ -2,7 +2,7 @@
 
 import pytest
 
-from neuroseg_jax.data.slice_ranges import parse_slices, slices_text
+from neuroseg_jax.data.slice_ranges import fold_splits, parse_slices, slices_text
 from neuroseg_jax.errors import ConfigError
 
 
@@ -18,3 +18,9 @@ def test_slice_text_round_trips_through_the_parser():
   indices = [0, 1, 2, 5, 7, 8]
   assert slices_text(indices) == "0-2+5+7-8"
   assert parse_slices(slices_text(indices), 9, "f") == indices
+
+
+def test_fold_splits_are_contiguous_and_cover_every_slice_once():
+  splits = fold_splits([0, 1, 2, 5, 7], 2)
+  assert splits == [([0, 1, 2], [5, 7]), ([5, 7], [0, 1, 2])]
+  assert fold_splits([3, 4], 2) == [([3], [4]), ([4], [3])]

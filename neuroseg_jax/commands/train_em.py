@@ -39,7 +39,7 @@ from neuroseg_jax import runtime
 from neuroseg_jax import tasks
 from neuroseg_jax.data import em_labels
 from neuroseg_jax.data import em_volumes
-from neuroseg_jax.data.slice_ranges import parse_slices, slices_text
+from neuroseg_jax.data.slice_ranges import fold_splits, parse_slices, slices_text
 from neuroseg_jax.errors import ConfigError, DataError
 from neuroseg_jax.evaluation import slice_segmentation
 from neuroseg_jax.tasks import em_slices
@@ -285,9 +285,8 @@ def train_em(images: str, labels: str, out: str, model: str = "unet", pretrained
   draft = _draft_model(config, task, variables, voxel_size, out)
   if tune_folds:  # each fold's slices as predicted by a model trained on the others
     tune_boundary, tune_labels = [], []
-    for k, fold in enumerate(np.array_split(np.asarray(train_index), tune_folds)):
-      rest = slices_text(sorted(set(train_index) - set(fold.tolist())))
-      fold_config, fold_task, fold_variables = train_model(rest, f"run_fold{k}")
+    for k, (fold, rest) in enumerate(fold_splits(train_index, tune_folds)):
+      fold_config, fold_task, fold_variables = train_model(slices_text(rest), f"run_fold{k}")
       fold_model = _draft_model(fold_config, fold_task, fold_variables, voxel_size, out)
       tune_boundary.append(fold_model.boundary(em_slices.read_slices(task.images, fold),
                                                task.stats))

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import numpy as np
+
 from neuroseg_jax.errors import ConfigError
 
 
@@ -30,3 +32,11 @@ def slices_text(indices) -> str:
     else:
       runs.append([z, z])
   return "+".join(f"{a}-{b}" if b > a else f"{a}" for a, b in runs)
+
+
+def fold_splits(indices, folds: int) -> list[tuple[list[int], list[int]]]:
+  """`folds` contiguous folds of sorted z `indices`: (the fold's slices, all the others)
+  for each, as out-of-fold tuning trains on the others and predicts the fold."""
+  indices = sorted(indices)
+  parts = np.array_split(np.asarray(indices), folds)
+  return [(part.tolist(), sorted(set(indices) - set(part.tolist()))) for part in parts]

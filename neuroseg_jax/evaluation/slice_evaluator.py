@@ -49,6 +49,16 @@ class InferenceSettings:
     return np.asarray(out[..., 0])
 
 
+def boundary_maps(images: np.ndarray, predict_fn, inference: InferenceSettings,
+                  noise_target: float | None = None) -> tuple[np.ndarray, list[float]]:
+  """[N, H, W] stored slices -> ([N, H, W] float32 boundary maps, the blur sigma of each
+  slice): each slice noisier than `noise_target` blurred to it first (None: as stored)."""
+  blur_sigmas = [0.0] * len(images)
+  if noise_target:
+    images, blur_sigmas = noise_matching.match_slices(images, noise_target)
+  return inference.predict(predict_fn, images), blur_sigmas
+
+
 class SliceEvaluator:
   """See module doc. images, labels: [D, H, W] volumes; *_index: z-slices."""
 
@@ -65,11 +75,8 @@ class SliceEvaluator:
 
   def run(self, predict_fn) -> Iterable[tuple[str, float]]:
     index = self.tune_index + self.val_index
-    images = self._stack(self.images, index)
-    blur_sigmas = [0.0] * len(index)
-    if self.noise_target:
-      images, blur_sigmas = noise_matching.match_slices(images, self.noise_target)
-    boundary = self.inference.predict(predict_fn, images)
+    boundary, blur_sigmas = boundary_maps(self._stack(self.images, index), predict_fn,
+                                          self.inference, self.noise_target)
     gt = self._stack(self.labels, index)
     n = len(self.tune_index)
     params, table = slices.tune_watershed(boundary[:n], gt[:n], self.grid)

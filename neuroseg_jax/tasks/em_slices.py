@@ -170,15 +170,17 @@ class EMSliceBoundary(Task):
   def evaluators(self, workdir):
     if not self.val_index:
       return []
-    cfg = self.config.eval
     return [slice_evaluator.SliceEvaluator(
-        self.images, self.labels, self.tune_index(), self.val_index,
-        slice_evaluator.InferenceSettings(window=self.crop, stride=tuple(cfg.stride) or
-                                          tuple(c // 2 for c in self.crop),
-                                          padding=tuple(cfg.padding),
-                                          batch_size=cfg.batch_size, flips=cfg.flip_tta),
-        watershed_grid(cfg), os.path.join(workdir, "slice_evaluation.json"),
+        self.images, self.labels, self.tune_index(), self.val_index, self.inference_settings(),
+        watershed_grid(self.config.eval), os.path.join(workdir, "slice_evaluation.json"),
         noise_target=self.noise_target)]
+
+  def inference_settings(self) -> slice_evaluator.InferenceSettings:
+    """Sliding windows of the training crop, as the config's `eval` group asks."""
+    cfg = self.config.eval
+    return slice_evaluator.InferenceSettings(
+        window=self.crop, stride=tuple(cfg.stride) or tuple(c // 2 for c in self.crop),
+        padding=tuple(cfg.padding), batch_size=cfg.batch_size, flips=cfg.flip_tta)
 
   def tune_index(self) -> list[int]:
     """The slices the post-processing is tuned on: eval.tune_slices, else the training ones."""
