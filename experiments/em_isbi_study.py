@@ -4,6 +4,8 @@
   python -m experiments.em_isbi_study --out=DIR --labels 2 5 15 --seeds 0 1 2 --steps 400
   python -m experiments.em_isbi_study --out=DIR --methods unetr unetr_mae --patch-size 8x8 \
       --mae-steps 4500 --layer-decay 0.75
+  python -m experiments.em_isbi_study --out=DIR --methods unetr unetr_mae --tune-folds 2 \
+      --mae-steps 4500 --layer-decay 0.75
 
 Every method is trained on the first N labeled slices (0..N-1) and scored on slices
 15-19 (adapted Rand error and VOI split / merge per slice, mean; ground truth = the
@@ -18,6 +20,9 @@ parameters tuned on its own training slices (`evaluation/slice_evaluator.py`):
               fine-tuned with layer-wise learning-rate decay --layer-decay (1 = off);
               --patch-size (both UNETRs and the MAE), --mae-steps and --mae-match-noise
               (the MAE's slices blurred to the noise of labeled 0-14) vary the MAE
+With --tune-folds K, each network's row also holds its scores with the watershed tuned
+out of fold ("oof/..."; K fold runs per row, DIR/<run>_fold{k}, `slice_runs.py`), the
+protocol `neuroseg-jax train-em --tune-folds` ships; rows without them are completed.
 Every method's input slices are blurred to the noise level of its training slices
 first (`data/noise_matching.py`; slices 15-19 are 3x noisier than 0-14), unless
 --no-match-noise. Runs are resumable and a finished run is reused. Writes
@@ -95,7 +100,9 @@ def pretrain(args) -> dict:
           "cpu_seconds": round(cpu_seconds, 1)}
 
 
-def network(method: str, labeled: int, seed: int, args) -> tuple[dict, str]:
+def network_run(method: str, labeled: int, seed: int, args) -> tuple:
+  """(task, final state, workdir, config spec) of a network row's run, trained unless
+  finished."""
   spec = (f"configs/em2d_boundary.py:isbi,{'unet' if method == 'unet' else 'unetr'},"
           f"train_slices=0-{labeled - 1},seed={seed},num_steps={args.steps},"
           f"match_noise={args.match_noise}")
@@ -111,17 +118,42 @@ def network(method: str, labeled: int, seed: int, args) -> tuple[dict, str]:
   workdir = (workdir if method == "unetr_mae" and workdir else
              os.path.join(args.out, f"{method}_n{labeled}_s{seed}"))
   task = tasks.build(config_loading.load_config(spec))
-  state = loop.train(task, workdir, devices=jax.devices()[:1])
-  return ({**slice_runs.slice_scores(task, state, workdir),
-           "train_seconds": round(loop.training_seconds(workdir), 1)},
-          spec)
+  return task, loop.train(task, workdir, devices=jax.devices()[:1]), workdir, spec
+
+
+def timed(fn, *args) -> tuple:
+  """(fn(*args), wall seconds, CPU seconds of this process, all threads)."""
+  start, cpu = time.time(), time.process_time()
+  result = fn(*args)
+  return result, round(time.time() - start, 1), round(time.process_time() - cpu, 1)
+
+
+def network_row(method: str, labeled: int, seed: int, args) -> dict:
+  (task, state, workdir, spec), seconds, cpu_seconds = timed(network_run, method, labeled,
+                                                              seed, args)
+  scores, eval_seconds, eval_cpu = timed(slice_runs.slice_scores, task, state, workdir)
+  return {"config": spec, **scores, "train_seconds": round(loop.training_seconds(workdir), 1),
+          "seconds": seconds + eval_seconds, "cpu_seconds": cpu_seconds + eval_cpu}
+
+
+def out_of_fold_columns(method: str, labeled: int, seed: int, args) -> dict:
+  """The row's "oof/..." scores (`slice_runs.out_of_fold_scores`), timed."""
+  def scores():
+    task, state, workdir, _ = network_run(method, labeled, seed, args)  # finished: loaded
+    return slice_runs.out_of_fold_scores(task, state, workdir, args.tune_folds)
+  columns, seconds, cpu_seconds = timed(scores)
+  return {**columns, "oof/seconds": seconds, "oof/cpu_seconds": cpu_seconds}
+
+
+def row_key(row: dict) -> tuple:
+  return row["method"], row.get("labeled"), row.get("seed"), row.get("match_noise", False)
 
 
 def table(rows: list[dict], match_noise: bool) -> str:
   """The Markdown table of the rows with this noise matching."""
   lines = ["| method | labeled slices | seeds | ARAND (mean +- sd) | VOI split | VOI merge | "
-           "ARAND, watershed tuned on val (oracle) | wall min / run | CPU min / run |",
-           "|---|---|---|---|---|---|---|---|---|"]
+           "ARAND, watershed tuned out of fold | ARAND, watershed tuned on val (oracle) | "
+           "wall min / run | CPU min / run |", "|---|---|---|---|---|---|---|---|---|---|"]
   rows = [r for r in rows
           if r["method"] in METHODS and r.get("match_noise", False) == match_noise]
   keys = sorted({(r["method"], r["labeled"]) for r in rows},
@@ -131,10 +163,12 @@ def table(rows: list[dict], match_noise: bool) -> str:
     arand = np.array([r["val/arand"] for r in group])
     oracle = [r.get("val/arand_oracle") for r in group]
     oracle_text = "-" if None in oracle else f"{np.mean(oracle):.4f}"
+    oof = np.array([r.get("oof/arand", np.nan) for r in group])
+    oof_text = "-" if np.isnan(oof).any() else f"{oof.mean():.4f} +- {oof.std():.4f}"
     lines.append(
         f"| {method} | {labeled} | {len(group)} | {arand.mean():.4f} +- {arand.std():.4f} | "
         f"{np.mean([r['val/voi_split'] for r in group]):.3f} | "
-        f"{np.mean([r['val/voi_merge'] for r in group]):.3f} | {oracle_text} | "
+        f"{np.mean([r['val/voi_merge'] for r in group]):.3f} | {oof_text} | {oracle_text} | "
         f"{np.mean([r['seconds'] for r in group]) / 60:.1f} | "
         f"{np.mean([r['cpu_seconds'] for r in group]) / 60:.1f} |")
   return "\n".join(lines)
@@ -158,6 +192,9 @@ def main():
   parser.add_argument("--layer-decay", type=float, default=1.0,
                       help="unetr_mae fine-tuning: ViT block k from the top learns at lr * "
                            "decay**k (default 1 = off)")
+  parser.add_argument("--tune-folds", type=int, default=0, metavar="K",
+                      help="also score every network with its watershed tuned on out-of-fold "
+                           "maps of its training slices (K more runs each; default 0 = off)")
   parser.add_argument("--no-match-noise", dest="match_noise", action="store_false",
                       help="predict noisy slices as stored (default: blurred to the training "
                            "slices' noise level, data/noise_matching.py)")
@@ -165,26 +202,32 @@ def main():
   os.makedirs(args.out, exist_ok=True)
   result_path = os.path.join(args.out, "em_isbi_study.json")
   rows = json.load(open(result_path)) if os.path.exists(result_path) else []
-  done = {(r["method"], r.get("labeled"), r.get("seed"), r.get("match_noise", False))
-          for r in rows}
+  by_key = {row_key(r): r for r in rows}
   if "unetr_mae" in args.methods and not any(r["method"] == "mae_pretraining" for r in rows):
     rows.append(pretrain(args))  # timed on its own, not inside the first fine-tuning run
     print(json.dumps(rows[-1]), flush=True)
   for labeled in args.labels:
     for method in args.methods:
       for seed in args.seeds if method != "classical" else [0]:
-        if (method, labeled, seed, args.match_noise) in done:
+        key = (method, labeled, seed, args.match_noise)
+        row = by_key.get(key)
+        wants_oof = bool(args.tune_folds) and method != "classical"
+        if row is not None and (not wants_oof or row.get("oof/folds") == args.tune_folds):
           continue
-        start, cpu = time.time(), time.process_time()
-        if method == "classical":
-          scores, spec = classical(labeled, args.match_noise), "evaluation/em_classical.py"
-        else:
-          scores, spec = network(method, labeled, seed, args)
-        rows.append({"method": method, "labeled": labeled, "seed": seed, "config": spec,
-                     "match_noise": args.match_noise,
-                     **scores, "seconds": round(time.time() - start, 1),
-                     "cpu_seconds": round(time.process_time() - cpu, 1)})
-        print(json.dumps(rows[-1]), flush=True)
+        if row is None:
+          row = {"method": method, "labeled": labeled, "seed": seed,
+                 "match_noise": args.match_noise}
+          if method == "classical":
+            scores, seconds, cpu_seconds = timed(classical, labeled, args.match_noise)
+            row.update(config="evaluation/em_classical.py", **scores, seconds=seconds,
+                       cpu_seconds=cpu_seconds)
+          else:
+            row.update(network_row(method, labeled, seed, args))
+          rows.append(row)
+          by_key[key] = row
+        if wants_oof:
+          row.update(out_of_fold_columns(method, labeled, seed, args))
+        print(json.dumps(row), flush=True)
         with open(result_path, "w") as f:
           json.dump(rows, f, indent=1)
   for row in rows:

@@ -6,6 +6,10 @@ at the end of training. Evaluation settings are not part of what a run trains
 watershed fields, or matched the slices' noise otherwise than its config now asks, is
 evaluated again from its final state, without training: the studies then report every
 run under the same evaluation.
+
+`out_of_fold_scores` adds the scores with the watershed tuned on out-of-fold maps of the
+run's training slices (fold runs of the same config beside it), the protocol of
+`neuroseg-jax train-em --tune-folds`.
 """
 
 from __future__ import annotations
@@ -15,8 +19,13 @@ import json
 import os
 
 import jax
+import numpy as np
 
-from neuroseg_jax.evaluation import slice_segmentation
+from neuroseg_jax import tasks
+from neuroseg_jax.data.slice_ranges import fold_splits, slices_text
+from neuroseg_jax.evaluation import slice_evaluator, slice_segmentation
+from neuroseg_jax.tasks import em_slices
+from neuroseg_jax.training import loop
 
 EVALUATION = "slice_evaluation.json"
 
@@ -33,13 +42,16 @@ def evaluated_as_asked(path: str, match_noise: bool) -> bool:
           "noise_target" in evaluation and bool(evaluation["noise_target"]) == match_noise)
 
 
+def predictor(task, state):
+  """The host-facing predict function of a run's state: numpy batch in, numpy out."""
+  predict_fn = jax.jit(task.predict_fn)
+  return lambda batch: jax.device_get(predict_fn(state["params"], state["model_state"], batch))
+
+
 def evaluate(task, state, workdir: str) -> None:
   """Runs the task's evaluators on a finished run's final state (writes its JSON)."""
-  predict_fn = jax.jit(task.predict_fn)
-  predict = lambda batch: jax.device_get(  # noqa: E731
-      predict_fn(state["params"], state["model_state"], batch))
   for evaluator in task.evaluators(workdir):
-    list(evaluator.run(predict))
+    list(evaluator.run(predictor(task, state)))
 
 
 def slice_scores(task, state, workdir: str) -> dict:
@@ -54,3 +66,38 @@ def slice_scores(task, state, workdir: str) -> dict:
   return {**{f"val/{k}": v for k, v in evaluation["val_mean"].items()},
           "val/arand_oracle": evaluation["val_arand_oracle"],
           "train/arand": evaluation["train_arand"], "watershed": evaluation["watershed"]}
+
+
+def _maps(task, state, index) -> np.ndarray:
+  """[len(index), H, W] boundary maps of the task's slices `index` by the run's `state`,
+  as its evaluation predicts them (its windows, its training slices' noise level)."""
+  return slice_evaluator.boundary_maps(em_slices.read_slices(task.images, index),
+                                       predictor(task, state), task.inference_settings(),
+                                       task.noise_target)[0]
+
+
+def out_of_fold_scores(task, state, workdir: str, folds: int) -> dict:
+  """{"oof/arand", "oof/voi_split", "oof/voi_merge": the validation slices' means, by the
+  run's `state`, with the watershed tuned out of fold, "oof/tune_arand", "oof/watershed",
+  "oof/folds", "oof/train_seconds": the fold runs' training time}: the training slices
+  cut into `folds` contiguous folds, each predicted by a run of the same config trained
+  on the other folds (WORKDIR_fold{k}, resumable, no evaluation of its own); the
+  watershed grid of the config tuned on these out-of-fold maps, as `train-em
+  --tune-folds` does."""
+  maps, labels, seconds = [], [], 0.0
+  for k, (fold, rest) in enumerate(fold_splits(task.train_index, folds)):
+    config = task.config.copy_and_resolve_references()
+    config.data.train_slices, config.data.val_slices = slices_text(rest), ""
+    fold_task, fold_dir = tasks.build(config), f"{workdir}_fold{k}"
+    fold_state = loop.train(fold_task, fold_dir, devices=jax.devices()[:1])
+    maps.append(_maps(fold_task, fold_state, fold))
+    labels.append(em_slices.read_slices(task.labels, fold))
+    seconds += loop.training_seconds(fold_dir)
+  params, table = slice_segmentation.tune_watershed(
+      np.concatenate(maps), np.concatenate(labels), em_slices.watershed_grid(task.config.eval))
+  scores = slice_segmentation.slice_scores(
+      em_slices.read_slices(task.labels, task.val_index),
+      slice_segmentation.watershed_slices(_maps(task, state, task.val_index), params))
+  return {**{f"oof/{k}": v for k, v in slice_segmentation.mean_scores(scores).items()},
+          "oof/tune_arand": table[params], "oof/watershed": dataclasses.asdict(params),
+          "oof/folds": folds, "oof/train_seconds": round(seconds, 1)}
