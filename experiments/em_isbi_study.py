@@ -128,21 +128,40 @@ def timed(fn, *args) -> tuple:
   return result, round(time.time() - start, 1), round(time.process_time() - cpu, 1)
 
 
-def network_row(method: str, labeled: int, seed: int, args) -> dict:
-  (task, state, workdir, spec), seconds, cpu_seconds = timed(network_run, method, labeled,
-                                                              seed, args)
-  scores, eval_seconds, eval_cpu = timed(slice_runs.slice_scores, task, state, workdir)
+def network_columns(run: tuple, run_seconds: float, run_cpu_seconds: float) -> dict:
+  """A new row's scores of its run (`network_run`'s tuple; training took the given time)."""
+  task, state, workdir, spec = run
+  scores, seconds, cpu_seconds = timed(slice_runs.slice_scores, task, state, workdir)
   return {"config": spec, **scores, "train_seconds": round(loop.training_seconds(workdir), 1),
-          "seconds": seconds + eval_seconds, "cpu_seconds": cpu_seconds + eval_cpu}
+          "seconds": run_seconds + seconds, "cpu_seconds": run_cpu_seconds + cpu_seconds}
 
 
-def out_of_fold_columns(method: str, labeled: int, seed: int, args) -> dict:
-  """The row's "oof/..." scores (`slice_runs.out_of_fold_scores`), timed."""
-  def scores():
-    task, state, workdir, _ = network_run(method, labeled, seed, args)  # finished: loaded
-    return slice_runs.out_of_fold_scores(task, state, workdir, args.tune_folds)
-  columns, seconds, cpu_seconds = timed(scores)
+def out_of_fold_columns(run: tuple, folds: int) -> dict:
+  """The row's "oof/..." scores (`slice_runs.out_of_fold_scores`), timed on their own."""
+  task, state, workdir, _ = run
+  columns, seconds, cpu_seconds = timed(slice_runs.out_of_fold_scores, task, state, workdir,
+                                        folds)
   return {**columns, "oof/seconds": seconds, "oof/cpu_seconds": cpu_seconds}
+
+
+def wants_out_of_fold(row: dict, args) -> bool:
+  return (bool(args.tune_folds) and row["method"] != "classical"
+          and row.get("oof/folds") != args.tune_folds)
+
+
+def fill_row(row: dict, args) -> None:
+  """Adds the scores a row lacks: all of them for a new row, else the out-of-fold ones."""
+  method, labeled = row["method"], row["labeled"]
+  if method == "classical":
+    scores, seconds, cpu_seconds = timed(classical, labeled, args.match_noise)
+    row.update(config="evaluation/em_classical.py", **scores, seconds=seconds,
+               cpu_seconds=cpu_seconds)
+    return
+  run, seconds, cpu_seconds = timed(network_run, method, labeled, row["seed"], args)
+  if "val/arand" not in row:  # new: trained just now (or finished and only loaded)
+    row.update(network_columns(run, seconds, cpu_seconds))
+  if wants_out_of_fold(row, args):
+    row.update(out_of_fold_columns(run, args.tune_folds))
 
 
 def row_key(row: dict) -> tuple:
@@ -211,22 +230,13 @@ def main():
       for seed in args.seeds if method != "classical" else [0]:
         key = (method, labeled, seed, args.match_noise)
         row = by_key.get(key)
-        wants_oof = bool(args.tune_folds) and method != "classical"
-        if row is not None and (not wants_oof or row.get("oof/folds") == args.tune_folds):
-          continue
         if row is None:
-          row = {"method": method, "labeled": labeled, "seed": seed,
-                 "match_noise": args.match_noise}
-          if method == "classical":
-            scores, seconds, cpu_seconds = timed(classical, labeled, args.match_noise)
-            row.update(config="evaluation/em_classical.py", **scores, seconds=seconds,
-                       cpu_seconds=cpu_seconds)
-          else:
-            row.update(network_row(method, labeled, seed, args))
+          row = by_key[key] = {"method": method, "labeled": labeled, "seed": seed,
+                               "match_noise": args.match_noise}
           rows.append(row)
-          by_key[key] = row
-        if wants_oof:
-          row.update(out_of_fold_columns(method, labeled, seed, args))
+        elif not wants_out_of_fold(row, args):
+          continue
+        fill_row(row, args)
         print(json.dumps(row), flush=True)
         with open(result_path, "w") as f:
           json.dump(rows, f, indent=1)

@@ -1,7 +1,11 @@
-"""Run-folder names of the ISBI study's MAE variants (`experiments/em_isbi_study.py`)."""
+"""The ISBI study (`experiments/em_isbi_study.py`): MAE run folders, the table, resuming rows."""
 
 import argparse
+import json
 import os
+import sys
+
+import pytest
 
 from experiments import em_isbi_study
 
@@ -42,3 +46,25 @@ def test_table_reports_out_of_fold_scores_only_where_every_seed_has_them():
   assert "| 0.1000 +- 0.0200 |" in unetr  # out of fold: mean +- sd of 0.08 and 0.12
   mae, = [line for line in lines if line.startswith("| unetr_mae |")]
   assert mae.split("|")[7].strip() == "-"  # one seed lacks it: no mean of a subset
+
+
+def test_tune_folds_completes_existing_rows_without_scoring_them_again(tmp_path, monkeypatch):
+  old = _row("unetr", 0, 0.1)
+  (tmp_path / "em_isbi_study.json").write_text(json.dumps([old]))
+  oof_runs = []
+  monkeypatch.setattr(em_isbi_study, "network_run",
+                      lambda method, labeled, seed, args: ("task", "state", "W", "spec"))
+  monkeypatch.setattr(em_isbi_study.slice_runs, "slice_scores", lambda *a: pytest.fail(
+      "a finished row was scored again"))
+  monkeypatch.setattr(em_isbi_study.slice_runs, "out_of_fold_scores",
+                      lambda task, state, workdir, folds: oof_runs.append(folds) or
+                      {"oof/arand": 0.07, "oof/folds": folds})
+  argv = ["em_isbi_study", "--out", str(tmp_path), "--labels", "2", "--seeds", "0",
+          "--methods", "unetr", "--tune-folds", "2"]
+  for _ in range(2):  # the second call finds the row complete
+    monkeypatch.setattr(sys, "argv", argv)
+    em_isbi_study.main()
+  row, = json.loads((tmp_path / "em_isbi_study.json").read_text())
+  assert oof_runs == [2]
+  assert row["oof/arand"] == 0.07 and row["val/arand"] == 0.1 and row["seconds"] == 60
+  assert row["oof/seconds"] >= 0
