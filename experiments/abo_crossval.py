@@ -117,6 +117,7 @@ def fold_config(args, fold: int) -> ml_collections.ConfigDict:
       f"lr={args.lr},seed={args.seed},scale={args.scale},val_images={args.val_images},"
       f"nms_iou={args.nms_iou}")
   config.eval_every = 0  # the engine's own (test-tuned) evaluation only at the end
+  config.grad_accum_steps, config.grad_accum_form = args.grad_accum_steps, args.grad_accum_form
   config.eval.batch_size = args.eval_batch_size
   config.eval.figures = False
   if args.assigner_eps is not None:
@@ -169,6 +170,10 @@ def build_parser(description: str = __doc__.split("\n")[0]) -> argparse.Argument
                       "524691284_0+539670003_0)")
   parser.add_argument("--steps", type=int, default=200)
   parser.add_argument("--batch_size", type=int, default=8)
+  parser.add_argument("--grad_accum_steps", type=int, default=1,
+                      help="micro-batches per optimizer step (BatchNorm sees each alone)")
+  parser.add_argument("--grad_accum_form", default="calls", choices=("loop", "unroll", "calls"),
+                      help="how micro-batches run (same values; 'calls' uses least memory)")
   parser.add_argument("--image_size", type=int, default=160, help="training crop size")
   parser.add_argument("--eval_size", type=int, default=512, help="whole-field letterbox size")
   parser.add_argument("--eval_batch_size", type=int, default=2)
