@@ -194,6 +194,23 @@ def test_reused_run_folder_with_other_data_refuses(tmp_path):
     _train(config, tmp_path / "run")
 
 
+def test_new_time_stamps_on_the_same_bytes_resume_and_restamp(tmp_path):
+  data = tmp_path / "inputs.txt"
+  data.write_text("a")
+  config = toy_task.toy_config(num_steps=2)
+  config.data_file = str(data)
+  _train(config, tmp_path / "run")
+  record_path = tmp_path / "run" / run_folder.RECORD
+  os.utime(data, ns=(10**18, 10**18))  # copied without its time stamp
+  assert json.loads(record_path.read_text())["data"] != run_folder.fingerprint(config)["data"]
+  assert int(_train(toy_task.toy_config(num_steps=3, data_file=str(data)),
+                    tmp_path / "run")["step"]) == 3
+  assert json.loads(record_path.read_text())["data"] == run_folder.fingerprint(config)["data"]
+  data.write_text("b")  # same size, other bytes
+  with pytest.raises(run_folder.RunFolderError, match="the input data changed"):
+    _train(config, tmp_path / "run")
+
+
 def test_a_run_folder_as_input_counts_by_its_checkpoints(tmp_path):
   pretrained = tmp_path / "pretrained"
   _train(toy_task.toy_config(num_steps=2), pretrained)

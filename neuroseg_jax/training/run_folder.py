@@ -2,12 +2,14 @@
 
 A run folder (`workdir`) is resumed by calling the engine again with the same
 folder. That is only right when the second call trains the same experiment:
-`DIR/run.json` records the config (as JSON) and a fingerprint of every input
-file or folder the config names (relative name, size and modification time of
-each file, not their bytes, so a 20 GB movie costs one `stat`). A later run in
-the same folder with another config or other data is refused with the fields
-that differ, unless the caller asks to overwrite (which removes only the
-engine's own outputs).
+`DIR/run.json` records the config (as JSON) and two fingerprints of every input
+file or folder the config names: one of each file's relative name, size and
+modification time (checked on every resume: a 20 GB movie costs one `stat`) and one
+of their bytes (read once, when the folder is made). A later run in the same folder
+with another config or other data is refused with the fields that differ, unless
+the caller asks to overwrite (which removes only the engine's own outputs). When
+only the time stamps changed (data copied or re-provisioned without keeping them),
+the bytes are read again: the same content resumes the run and re-stamps the record.
 
 Fields that do not change what is trained (how often to log, evaluate or save,
 input workers, whether micro-batches are unrolled) and the run length (`num_steps`, so a run can be extended) are
@@ -64,21 +66,44 @@ def _paths_in(value: Any) -> Iterator[str]:
         break
 
 
-def _file_stats(path: str) -> Iterator[str]:
-  """Size and mtime of the file, or of every file under the folder. A run folder (an
-  MAE run named by `pretrained=`) counts by its checkpoints alone: reusing or
-  re-evaluating it rewrites its logs, and runs nested in it train on."""
+def _input_files(path: str) -> Iterator[tuple[str, str]]:
+  """(name, path) of the file, or of every file under the folder (name relative to it),
+  in a fixed order. A run folder (an MAE run named by `pretrained=`) counts by its
+  checkpoints alone: reusing or re-evaluating it rewrites its logs, and runs nested in
+  it train on."""
   if os.path.isfile(os.path.join(path, RECORD)):
     path = os.path.join(path, "checkpoints")
   if os.path.isfile(path):
-    info = os.stat(path)
-    yield f"{os.path.basename(path)}:{info.st_size}:{info.st_mtime_ns}"
+    yield os.path.basename(path), path
     return
   for root, dirs, files in os.walk(path):
     dirs.sort()
     for name in sorted(files):
-      info = os.stat(os.path.join(root, name))
-      yield f"{os.path.relpath(os.path.join(root, name), path)}:{info.st_size}:{info.st_mtime_ns}"
+      yield os.path.relpath(os.path.join(root, name), path), os.path.join(root, name)
+
+
+def _stats_digest(inputs: list[str]) -> str:
+  """sha256 of the inputs' file names, sizes and modification times."""
+  digest = hashlib.sha256()
+  for path in inputs:
+    digest.update(path.encode())
+    for name, file in _input_files(path):
+      info = os.stat(file)
+      digest.update(f"{name}:{info.st_size}:{info.st_mtime_ns}".encode())
+  return digest.hexdigest()
+
+
+def content_digest(inputs: list[str]) -> str:
+  """sha256 of the inputs' file names, sizes and bytes (read in 1 MiB chunks)."""
+  digest = hashlib.sha256()
+  for path in inputs:
+    digest.update(path.encode())
+    for name, file in _input_files(path):
+      digest.update(f"{name}:{os.path.getsize(file)}".encode())
+      with open(file, "rb") as f:
+        for chunk in iter(lambda: f.read(1 << 20), b""):
+          digest.update(chunk)
+  return digest.hexdigest()
 
 
 def _compared(fields: dict) -> dict:
@@ -88,16 +113,30 @@ def _compared(fields: dict) -> dict:
 
 
 def fingerprint(config: ml_collections.ConfigDict) -> dict:
-  """{"config": {field: value}, "data": sha256 of the named inputs' stats, "inputs": [...]}."""
+  """{"config": {field: value}, "data": sha256 of the named inputs' stats, "inputs": [...]}
+  (the content digest is added by `claim` when it writes a new record)."""
   fields = dict(_flatten(json.loads(config.to_json_best_effort())))
-  compared = _compared(fields)
   inputs = sorted({os.path.abspath(p) for v in fields.values() for p in _paths_in(v)})
-  digest = hashlib.sha256()
-  for path in inputs:
-    digest.update(path.encode())
-    for line in _file_stats(path):
-      digest.update(line.encode())
-  return {"config": compared, "data": digest.hexdigest(), "inputs": inputs}
+  return {"config": _compared(fields), "data": _stats_digest(inputs), "inputs": inputs}
+
+
+def _write_record(path: str, record: dict) -> None:
+  with open(path + ".tmp", "w") as f:
+    json.dump(record, f, indent=1)
+  os.replace(path + ".tmp", path)
+
+
+def _restamped(previous: dict, current: dict, path: str) -> dict:
+  """`previous` with the current stats digest, written to `path`, when only the inputs'
+  time stamps changed (same input list, same bytes as recorded); else `previous`."""
+  if (previous["data"] == current["data"] or "content" not in previous
+      or previous["inputs"] != current["inputs"]
+      or previous["content"] != content_digest(current["inputs"])):
+    return previous
+  logging.info("%s: the input files have new time stamps but the same content", path)
+  previous = {**previous, "data": current["data"]}
+  _write_record(path, previous)
+  return previous
 
 
 def _differences(old: dict, new: dict) -> list[str]:
@@ -138,6 +177,7 @@ def claim(workdir: str, config: ml_collections.ConfigDict, overwrite: bool = Fal
     if os.path.exists(record):
       with open(record) as f:
         previous = json.load(f)
+      previous = _restamped(previous, current, record)
       differences = _differences(previous, current)
       if differences:
         raise RunFolderError(
@@ -145,9 +185,7 @@ def claim(workdir: str, config: ml_collections.ConfigDict, overwrite: bool = Fal
             "choose another folder or pass --overwrite to replace it")
       logging.info("%s: same config and data as the run there; resuming it", workdir)
       return True
-    with open(record + ".tmp", "w") as f:
-      json.dump(current, f, indent=1)
-    os.replace(record + ".tmp", record)
+    _write_record(record, {**current, "content": content_digest(current["inputs"])})
   except OSError as e:
     raise RunFolderError(f"{workdir}: cannot write the run folder ({e.strerror})") from e
   return False
