@@ -118,6 +118,7 @@ def fold_config(args, fold: int) -> ml_collections.ConfigDict:
       f"nms_iou={args.nms_iou}")
   config.eval_every = 0  # the engine's own (test-tuned) evaluation only at the end
   config.grad_accum_steps, config.grad_accum_form = args.grad_accum_steps, args.grad_accum_form
+  config.batch_norm_stats_batches = args.batch_norm_stats_batches
   config.eval.batch_size = args.eval_batch_size
   config.eval.figures = False
   if args.assigner_eps is not None:
@@ -174,6 +175,9 @@ def build_parser(description: str = __doc__.split("\n")[0]) -> argparse.Argument
                       help="micro-batches per optimizer step (BatchNorm sees each alone)")
   parser.add_argument("--grad_accum_form", default="calls", choices=("loop", "unroll", "calls"),
                       help="how micro-batches run (same values; 'calls' uses least memory)")
+  parser.add_argument("--batch_norm_stats_batches", type=int, default=0,
+                      help="> 0: re-estimate BatchNorm statistics on this many training "
+                      "batches after the last step (for micro-batches)")
   parser.add_argument("--image_size", type=int, default=160, help="training crop size")
   parser.add_argument("--eval_size", type=int, default=512, help="whole-field letterbox size")
   parser.add_argument("--eval_batch_size", type=int, default=2)

@@ -47,6 +47,9 @@ def base_config() -> ml_collections.ConfigDict:
       # memory); calls: one compiled call per micro-batch (train_step.jit_train_step).
       "grad_accum_form": "loop",
       "num_steps": 100,
+      # > 0: after the last step, BatchNorm's running averages become the mean statistics
+      # of this many training batches (training/batch_norm_stats.py; for micro-batches).
+      "batch_norm_stats_batches": 0,
       # Cadences: a fraction of num_steps (0 < v < 1) or steps; 0: only at the end.
       "log_every": 0.1,
       "eval_every": 0.0,

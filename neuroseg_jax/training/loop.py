@@ -8,6 +8,7 @@ finiteness, log, evaluate, checkpoint. The engine never looks a task up.
 
 from __future__ import annotations
 
+import itertools
 import json
 import logging
 import math
@@ -19,6 +20,7 @@ import jax
 import numpy as np
 
 from neuroseg_jax.errors import ConfigError, UserError
+from neuroseg_jax.training import batch_norm_stats
 from neuroseg_jax.training import checkpointing
 from neuroseg_jax.training import defaults
 from neuroseg_jax.training import mesh as mesh_lib
@@ -173,6 +175,11 @@ def train(task: Task, workdir: str, devices: Sequence[jax.Device] | None = None,
         window_start, window_steps = time.time(), 0
       else:
         writer.advance(step)
+      if last and config.batch_norm_stats_batches:
+        settle()
+        stats_batches = itertools.islice(batches_from(0), config.batch_norm_stats_batches)
+        state = batch_norm_stats.refresh(
+            task, state, (mesh_lib.to_global_batch(b, mesh) for b in stats_batches))
       if (config.eval_every and step % config.eval_every == 0) or last:
         settle()
         writer.write(step, run_evaluators(task, state, mesh, workdir))

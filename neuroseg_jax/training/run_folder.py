@@ -28,6 +28,7 @@ from typing import Any, Iterator
 import ml_collections
 
 from neuroseg_jax.errors import UserError
+from neuroseg_jax.training import defaults
 
 RECORD = "run.json"
 # Engine outputs that `overwrite` removes; anything else in the folder is left alone.
@@ -53,6 +54,10 @@ def _flatten(tree: Any, prefix: str = "") -> Iterator[tuple[str, Any]]:
       yield from _flatten(item, f"{prefix}{index}.")
   else:
     yield prefix[:-1], tree
+
+
+# An engine field added after a run's record was written counts as its default there.
+ENGINE_DEFAULTS = dict(_flatten(defaults.base_config().to_dict()))
 
 
 def _paths_in(value: Any) -> Iterator[str]:
@@ -143,7 +148,8 @@ def _differences(old: dict, new: dict) -> list[str]:
   # A record written before a field became ignored still holds it: compare without it.
   old, new = {**old, "config": _compared(old["config"])}, {**new, "config": _compared(new["config"])}
   keys = sorted(set(old["config"]) | set(new["config"]))
-  changed = [k for k in keys if old["config"].get(k) != new["config"].get(k)]
+  changed = [k for k in keys
+             if old["config"].get(k, ENGINE_DEFAULTS.get(k)) != new["config"].get(k)]
   text = [f"{k}: {old['config'].get(k)!r} -> {new['config'].get(k)!r}" for k in changed[:4]]
   if len(changed) > 4:
     text.append(f"and {len(changed) - 4} more fields")
