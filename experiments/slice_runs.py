@@ -68,7 +68,7 @@ def slice_scores(task, state, workdir: str) -> dict:
           "train/arand": evaluation["train_arand"], "watershed": evaluation["watershed"]}
 
 
-def _maps(task, state, index) -> np.ndarray:
+def boundary_maps(task, state, index) -> np.ndarray:
   """[len(index), H, W] boundary maps of the task's slices `index` by the run's `state`,
   as its evaluation predicts them (its windows, its training slices' noise level)."""
   return slice_evaluator.boundary_maps(em_slices.read_slices(task.images, index),
@@ -76,28 +76,34 @@ def _maps(task, state, index) -> np.ndarray:
                                        task.noise_target)[0]
 
 
-def out_of_fold_scores(task, state, workdir: str, folds: int) -> dict:
-  """{"oof/arand", "oof/voi_split", "oof/voi_merge": the validation slices' means, by the
-  run's `state`, with the watershed tuned out of fold, "oof/tune_arand", "oof/watershed",
-  "oof/folds", "oof/train_seconds": the fold runs' training time}: the training slices
-  cut into `folds` contiguous folds, each predicted by a run of the same config trained
-  on the other folds (WORKDIR_fold{k}, resumable, no evaluation of its own); the
-  watershed grid of the config tuned on these out-of-fold maps, as `train-em
-  --tune-folds` does."""
+def out_of_fold_maps(task, workdir: str, folds: int) -> tuple[np.ndarray, np.ndarray, float]:
+  """([N, H, W] maps of the run's N training slices, each by the fold run that did not
+  train on it, [N, H, W] their labels, the fold runs' training seconds): the training
+  slices cut into `folds` contiguous folds, each predicted by a run of the same config
+  trained on the other folds (WORKDIR_fold{k}, resumable, no evaluation of its own)."""
   maps, labels, seconds = [], [], 0.0
   for k, (fold, rest) in enumerate(fold_splits(task.train_index, folds)):
     config = task.config.copy_and_resolve_references()
     config.data.train_slices, config.data.val_slices = slices_text(rest), ""
     fold_task, fold_dir = tasks.build(config), f"{workdir}_fold{k}"
     fold_state = loop.train(fold_task, fold_dir, devices=jax.devices()[:1])
-    maps.append(_maps(fold_task, fold_state, fold))
+    maps.append(boundary_maps(fold_task, fold_state, fold))
     labels.append(em_slices.read_slices(task.labels, fold))
     seconds += loop.training_seconds(fold_dir)
+  return np.concatenate(maps), np.concatenate(labels), seconds
+
+
+def out_of_fold_scores(task, state, workdir: str, folds: int) -> dict:
+  """{"oof/arand", "oof/voi_split", "oof/voi_merge": the validation slices' means, by the
+  run's `state`, with the watershed tuned out of fold, "oof/tune_arand", "oof/watershed",
+  "oof/folds", "oof/train_seconds": the fold runs' training time}: the watershed grid of
+  the config tuned on `out_of_fold_maps`, as `train-em --tune-folds` does."""
+  maps, labels, seconds = out_of_fold_maps(task, workdir, folds)
   params, table = slice_segmentation.tune_watershed(
-      np.concatenate(maps), np.concatenate(labels), em_slices.watershed_grid(task.config.eval))
+      maps, labels, em_slices.watershed_grid(task.config.eval))
   scores = slice_segmentation.slice_scores(
       em_slices.read_slices(task.labels, task.val_index),
-      slice_segmentation.watershed_slices(_maps(task, state, task.val_index), params))
+      slice_segmentation.watershed_slices(boundary_maps(task, state, task.val_index), params))
   return {**{f"oof/{k}": v for k, v in slice_segmentation.mean_scores(scores).items()},
           "oof/tune_arand": table[params], "oof/watershed": dataclasses.asdict(params),
           "oof/folds": folds, "oof/train_seconds": round(seconds, 1)}

@@ -75,7 +75,7 @@ def test_out_of_fold_scores_tune_on_fold_runs_maps_of_held_out_slices(shared_dat
   (boundary, gt), = tuned_on
   assert boundary.shape == gt.shape == (2, 512, 512)
   np.testing.assert_array_equal(gt, em_slices.read_slices(task.labels, [0, 1]))
-  own = slice_runs._maps(task, state, [0, 1])
+  own = slice_runs.boundary_maps(task, state, [0, 1])
   assert np.abs(boundary - own).max() > 1e-3  # not the full run's maps of its own slices
   assert 0.0 <= scores["oof/arand"] <= 1.0 and scores["oof/folds"] == 2
   assert set(scores["oof/watershed"]) == set(WATERSHED) and scores["oof/train_seconds"] > 0

@@ -188,17 +188,26 @@ def _available_cores() -> int:
   return os.cpu_count() or 1
 
 
-def tune_watershed(boundary, gt, grid: WatershedGrid = WatershedGrid()
-                   ) -> tuple[WatershedParams, dict[WatershedParams, float]]:
-  """(the grid's params of lowest mean adapted Rand error on these slices, {params: mean arand}).
-
-  boundary, gt: [D, H, W]. Slices are scored independently (`_slice_table`), one thread per
-  available core (the watershed, filters and scores release the GIL: 1.9x on 2 cores);
-  the result does not depend on the number of threads.
-  """
+def slice_tables(boundary, gt, grid: WatershedGrid = WatershedGrid()
+                 ) -> list[dict[WatershedParams, float]]:
+  """Per slice of boundary, gt [D, H, W]: {params: adapted Rand error} for every
+  combination of `grid`. Slices are scored independently, one thread per available core
+  (the watershed, filters and scores release the GIL: 1.9x on 2 cores); the result does
+  not depend on the number of threads."""
   boundary, gt = _check_stack(boundary, "boundary map"), _check_stack(gt, "ground truth")
   threads = min(_available_cores(), boundary.shape[0])
   with concurrent.futures.ThreadPoolExecutor(threads) as pool:
-    tables = list(pool.map(_slice_table, boundary, gt, [grid] * boundary.shape[0]))
-  means = {params: float(np.mean([table[params] for table in tables])) for params in tables[0]}
+    return list(pool.map(_slice_table, boundary, gt, [grid] * boundary.shape[0]))
+
+
+def mean_table(tables: list[dict[WatershedParams, float]]) -> dict[WatershedParams, float]:
+  """{params: mean over the slices' tables}."""
+  return {params: float(np.mean([table[params] for table in tables])) for params in tables[0]}
+
+
+def tune_watershed(boundary, gt, grid: WatershedGrid = WatershedGrid()
+                   ) -> tuple[WatershedParams, dict[WatershedParams, float]]:
+  """(the grid's params of lowest mean adapted Rand error on these slices [D, H, W],
+  {params: mean arand})."""
+  means = mean_table(slice_tables(boundary, gt, grid))
   return min(means, key=means.get), means
