@@ -144,7 +144,8 @@ def _micro_batch_calls(task: Task, tx: optax.GradientTransformation, schedule: C
                   out_shardings=sums_shardings)
   add = jax.jit(add, out_shardings=(state_shardings["model_state"], sums_shardings),
                 donate_argnums=(0, 2))
-  finish = jax.jit(finish, out_shardings=(state_shardings, replicated), donate_argnums=(0, 2))
+  # The new state reuses the old state's buffers; the sums have no output left to fill.
+  finish = jax.jit(finish, out_shardings=(state_shardings, replicated), donate_argnums=0)
   indices = [mesh_lib.to_replicated(np.int32(k), mesh) for k in range(num)]
 
   def train_step(state: dict, batch: dict, seed: jax.Array) -> tuple[dict, dict]:
