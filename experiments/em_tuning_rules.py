@@ -66,15 +66,15 @@ def row_scores(task, state, workdir: str, folds: int) -> dict[str, float]:
   """{rule name: slices 15-19's mean ARAND with the rule's pick, "oracle": the best}."""
   grid = em_slices.watershed_grid(task.config.eval)
 
-  def mean_table(maps, index):
-    return slice_segmentation.mean_table(slice_segmentation.slice_tables(
-        maps, em_slices.read_slices(task.labels, index), grid))
+  def mean_table(maps, labels):
+    return slice_segmentation.mean_table(slice_segmentation.slice_tables(maps, labels, grid))
 
-  held_out = mean_table(slice_runs.boundary_maps(task, state, task.val_index), task.val_index)
-  oof_maps, _, _ = slice_runs.out_of_fold_maps(task, workdir, folds)
+  held_out = mean_table(slice_runs.boundary_maps(task, state, task.val_index),
+                        em_slices.read_slices(task.labels, task.val_index))
+  oof_maps, train_labels, _ = slice_runs.out_of_fold_maps(task, workdir, folds)
   means = {"in_sample": mean_table(slice_runs.boundary_maps(task, state, task.train_index),
-                                   task.train_index),
-           "out_of_fold": mean_table(oof_maps, task.train_index)}
+                                   train_labels),
+           "out_of_fold": mean_table(oof_maps, train_labels)}
   return {**{rule.name: held_out[choose(rule, means, grid)] for rule in RULES},
           "oracle": min(held_out.values())}
 
