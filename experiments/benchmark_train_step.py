@@ -4,6 +4,8 @@
   python -m experiments.benchmark_train_step --mask-windows 16 --grad-accum 1 4 \
       --forms unroll calls
   python -m experiments.benchmark_train_step --mask-windows 16 --malloc glibc keep --rounds 2
+  python -m experiments.benchmark_train_step --mask-windows 16 --grad-accum 4 --forms calls \
+      --torch-batches 8 4 --rounds 3      # side by side with the PyTorch replica
 
 The step is the project's own (`training/train_step.jit_train_step`: forward, loss,
 backward, the recipe's optimizer), built for the task of `configs/neuroseg3_seg.py:abo`
@@ -17,6 +19,10 @@ backward, the recipe's optimizer), built for the task of `configs/neuroseg3_seg.
     runs: freed memory kept, calls one after another; "glibc" = glibc's
     defaults and JAX's asynchronous dispatch, under which every call maps and
     page-faults its temporaries afresh).
+With --torch-batches, the PyTorch replica of the authors' step
+(`experiments/torch_replica`: their network, ultralytics' loss and AdamW; needs
+torch) runs in the same rounds at those batch sizes, and the last lines give each
+variant's ratio to it.
 The batch is synthetic: --instances neuron-sized boxes (12-48 px) with filled masks
 per image, padded to the recipe's data.max_instances slots with valid = False, as
 the data pipeline pads them.
@@ -133,7 +139,38 @@ def run_variant(args) -> dict:
           "device": str(jax.devices()[0].device_kind)}
 
 
-VARIANT_FIELDS = ("mask_window", "grad_accum", "form", "malloc")
+def _jax_child(args, window, accum, form, malloc) -> list[str]:
+  return [sys.executable, "-m", "experiments.benchmark_train_step", f"--mask-window={window}",
+          f"--grad-accum={accum}", f"--forms={form}", f"--malloc={malloc}",
+          f"--size={args.size}", f"--batch={args.batch}", f"--instances={args.instances}",
+          f"--iters={args.iters}", f"--warmup={args.warmup}"]
+
+
+def _torch_child(args, batch) -> list[str]:
+  return [sys.executable, "-m", "experiments.torch_replica.step", f"--batch={batch}",
+          f"--size={args.size}", f"--instances={args.instances}", f"--iters={args.iters}",
+          f"--warmup={args.warmup}"]
+
+
+def _label(variant) -> str:
+  if variant[0] == "torch":
+    return f"PyTorch replica, batch {variant[1]}"
+  window, accum, form, malloc = variant
+  return f"mask window {window}, {accum} micro-batches ({form}), malloc {malloc}"
+
+
+def _row(variant, r) -> str:
+  """A table row of one run (JAX variant or the PyTorch replica)."""
+  if variant[0] == "torch":
+    return (f"| - | - | {_label(variant)} | - | {r['images_per_s']:.3f} | "
+            f"{r['step_s']:.2f} | {r['compile_s']:.0f} | {r['cpu_s_all']:.0f} | - | - | "
+            f"{r['peak_rss_gib']:.2f} | {r['loss']:.4f} |")
+  window, accum, form, malloc = variant
+  policy = malloc + ("" if r["malloc_applied"] or malloc == "glibc" else " (not applied)")
+  return (f"| {window} | {accum} | {form} | {policy} | {r['images_per_s']:.3f} | "
+          f"{r['step_s']:.2f} | {r['compile_s']:.0f} | {r['cpu_s_all']:.0f} | "
+          f"{r['xla_gib']:.2f} | {r['resident_gib']:.2f} | {r['peak_rss_gib']:.2f} | "
+          f"{r['loss']:.4f} |")
 
 
 def main():
@@ -148,6 +185,9 @@ def main():
                       help="forms of accumulation to compare (config grad_accum_form)")
   parser.add_argument("--malloc", nargs="+", choices=("keep", "glibc"), default=["keep"],
                       help="allocator policies to compare (keep: as the entry points run)")
+  parser.add_argument("--torch-batches", type=int, nargs="*", default=[],
+                      help="also time the PyTorch replica of the authors' step at these "
+                      "batch sizes (experiments/torch_replica; needs torch)")
   parser.add_argument("--rounds", type=int, default=1)
   parser.add_argument("--iters", type=int, default=3)
   parser.add_argument("--warmup", type=int, default=1)
@@ -164,27 +204,22 @@ def main():
   print("|---|---|---|---|---|---|---|---|---|---|---|---|")
   variants = [(w, k, f, m) for w in args.mask_windows for k in args.grad_accum
               for f in (args.forms if k > 1 else ["loop"]) for m in args.malloc]
+  variants += [("torch", b) for b in args.torch_batches]
   results = []
   for _ in range(args.rounds):
-    for window, accum, form, malloc in variants:
-      child = [sys.executable, "-m", "experiments.benchmark_train_step",
-               f"--mask-window={window}", f"--grad-accum={accum}", f"--forms={form}",
-               f"--malloc={malloc}", f"--size={args.size}", f"--batch={args.batch}",
-               f"--instances={args.instances}", f"--iters={args.iters}",
-               f"--warmup={args.warmup}"]
+    for variant in variants:
+      child = (_torch_child(args, variant[1]) if variant[0] == "torch"
+               else _jax_child(args, *variant))
       output = subprocess.run(child, check=True, capture_output=True, text=True).stdout
       r = json.loads(output.strip().splitlines()[-1])
-      results.append(r)
-      policy = malloc + ("" if r["malloc_applied"] or malloc == "glibc" else " (not applied)")
-      print(f"| {window} | {accum} | {form} | {policy} | {r['images_per_s']:.3f} | "
-            f"{r['step_s']:.2f} | {r['compile_s']:.0f} | {r['cpu_s_all']:.0f} | "
-            f"{r['xla_gib']:.2f} | {r['resident_gib']:.2f} | {r['peak_rss_gib']:.2f} | "
-            f"{r['loss']:.4f} |", flush=True)
-  best = {v: max(r["images_per_s"] for r in results
-                 if tuple(r[k] for k in VARIANT_FIELDS) == v) for v in variants}
-  for (window, accum, form, malloc), value in best.items():
-    print(f"mask window {window}, {accum} micro-batches ({form}), malloc {malloc}: "
-          f"best {value:.3f} images/s, {value / best[variants[0]]:.2f}x the first variant")
+      results.append((variant, r))
+      print(_row(variant, r), flush=True)
+  best = {v: max(r["images_per_s"] for rv, r in results if rv == v) for v in variants}
+  references = [v for v in variants if v[0] == "torch"]
+  for variant, value in best.items():
+    ratios = [f"{value / best[v]:.2f}x the replica at batch {v[1]}" for v in references]
+    print(f"{_label(variant)}: best {value:.3f} images/s, {value / best[variants[0]]:.2f}x the first "
+          f"variant" + "".join(f", {ratio}" for ratio in ratios))
 
 
 if __name__ == "__main__":
