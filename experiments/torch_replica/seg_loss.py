@@ -6,8 +6,8 @@ beta 6), with ultralytics' layout of the work, which is what the timing is about
   * instance slots are trimmed to the most instances of any image in the batch;
   * the assigner scores CIoU only for anchors inside a box (boolean indexing);
   * the mask term runs image by image over that image's positives only, each on the
-    whole prototype map, and averages per image (ultralytics: the mean over positives
-    of each image, summed over images, times box gain / batch size);
+    whole prototype map (then summed over all positives of the batch and divided by
+    their number, as the project's loss does);
   * the total is multiplied by the batch size, as ultralytics returns it.
 Shapes: raw outputs [B, 65, h, w] per level, coefficients [B, 32, A], prototypes
 [B, 32, Hp, Wp]; targets boxes [B, M, 4] xyxy input pixels, classes [B, M], valid
@@ -137,6 +137,7 @@ def seg_loss(raw, coefs, protos, gt_boxes, gt_classes, gt_valid, gt_masks):
       x1, y1, x2, y2 = (cells[:, k, None, None] for k in range(4))
       inside = (cols >= x1) & (cols < x2) & (rows >= y1) & (rows < y2)
       area = (x2 - x1) * (y2 - y1)
-      loss[1] += ((bce * inside).sum((1, 2)) / area[:, 0, 0]).mean()
-  loss *= torch.tensor([BOX_GAIN, BOX_GAIN / batch, CLS_GAIN, DFL_GAIN])
+      loss[1] += ((bce * inside).sum((1, 2)) / area[:, 0, 0]).sum()
+    loss[1] /= foreground.sum()
+  loss *= torch.tensor([BOX_GAIN, BOX_GAIN, CLS_GAIN, DFL_GAIN])
   return loss.sum() * batch, loss.detach()

@@ -3,9 +3,11 @@
   python -m experiments.torch_replica.step --batch 4 --size 512 --instances 120
 
 The step is what ultralytics' trainer does per batch on a CPU: forward in training
-mode, the YOLOv8-seg loss, backward, gradient-norm clipping at 10 and an AdamW
-update (lr 2e-3, weight decay 5e-4 on the conv weights only; ultralytics' ModelEMA
-weight averaging is not included). The batch is the same synthetic one as the JAX
+mode, the YOLOv8-seg loss and backward; then, as the JAX step does, an update every
+step: gradient-norm clipping at 10 and AdamW (lr 2e-3, weight decay 5e-4 on the conv
+weights only). ultralytics accumulates gradients over 64 images before it updates
+(and then also averages weights, ModelEMA, not included here), so the update's
+seconds are reported apart ("update_s"). The batch is the same synthetic one as the JAX
 benchmark's (`benchmark_train_step.padded_batch`). torch runs on --threads threads
 (default: all cores, as the JAX step uses them).
 """
@@ -45,16 +47,18 @@ def tensors(batch: dict) -> dict:
           "masks": torch.from_numpy(batch["masks"])}
 
 
-def train_step(model, optimizer, batch: dict) -> float:
-  """One update; returns the loss over the batch size (the JAX loss's scale)."""
+def train_step(model, optimizer, batch: dict) -> tuple[float, float]:
+  """One update -> (the loss over the batch size, the JAX loss's scale; seconds of the
+  clipping and AdamW update alone, which ultralytics runs once per 64 images)."""
   raw, coefs, protos = model(batch["image"])
   loss, _ = seg_loss(raw, coefs, protos, batch["boxes"], batch["classes"], batch["valid"],
                      batch["masks"])
   optimizer.zero_grad(set_to_none=True)
   loss.backward()
+  start = time.perf_counter()
   torch.nn.utils.clip_grad_norm_(model.parameters(), max_norm=10.0)
   optimizer.step()
-  return float(loss.detach()) / len(batch["image"])
+  return float(loss.detach()) / len(batch["image"]), time.perf_counter() - start
 
 
 def run(args) -> dict:
@@ -67,12 +71,14 @@ def run(args) -> dict:
   for _ in range(args.warmup):
     train_step(model, optimizer, batch)
   first_s = time.perf_counter() - start
-  start = time.perf_counter()
+  start, update_s = time.perf_counter(), 0.0
   for _ in range(args.iters):
-    loss = train_step(model, optimizer, batch)
+    loss, seconds = train_step(model, optimizer, batch)
+    update_s += seconds / args.iters
   seconds = (time.perf_counter() - start) / args.iters
   return {"framework": "torch", "batch": args.batch, "threads": torch.get_num_threads(),
-          "images_per_s": args.batch / seconds, "step_s": seconds, "compile_s": first_s,
+          "images_per_s": args.batch / seconds, "step_s": seconds, "update_s": update_s,
+          "compile_s": first_s,
           "cpu_s_all": time.process_time() - cpu_start, "loss": loss,
           "peak_rss_gib": resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 2**20,
           "torch": torch.__version__}
