@@ -7,7 +7,7 @@ mode, the YOLOv8-seg loss and backward; then, as the JAX step does, an update ev
 step: gradient-norm clipping at 10 and AdamW (lr 2e-3, weight decay 5e-4 on the conv
 weights only). ultralytics accumulates gradients over 64 images before it updates
 (and then also averages weights, ModelEMA, not included here), so the update's
-seconds are reported apart ("update_s"). The batch is the same synthetic one as the JAX
+seconds are reported apart (the JSON's "update_s"). The batch is the same synthetic one as the JAX
 benchmark's (`benchmark_train_step.padded_batch`). torch runs on --threads threads
 (default: all cores, as the JAX step uses them).
 """
