@@ -24,8 +24,9 @@ With --torch-batches, the PyTorch replica of the authors' step
 torch) runs in the same rounds at those batch sizes, and the last lines give each
 variant's ratio to it.
 The batch is synthetic: --instances neuron-sized boxes (12-48 px) with filled masks
-per image, padded to the recipe's data.max_instances slots with valid = False, as
-the data pipeline pads them.
+per image, padded to the recipe's data.max_instances slots (or --slots) with valid =
+False, as the data pipeline pads them; the slot count sets the assigner's [B, slots,
+anchors] tensors and the mask term's per-instance crops.
 
 Each variant runs in its own process, so its memory figures are its own; with
 --rounds R the variants alternate R times (A B A B ...) so that a machine's drift
@@ -99,6 +100,7 @@ def run_variant(args) -> dict:
                                       "width=64,frames=40")
   config.loss.mask_window = args.mask_window
   config.batch_size, config.grad_accum_steps = args.batch, args.grad_accum
+  config.data.max_instances = args.slots or config.data.max_instances
   task = tasks.build(config)
   tx, schedule = optimizers.make_optimizer(config)
   mesh = mesh_lib.make_data_mesh(jax.devices()[:1])
@@ -143,7 +145,7 @@ def _jax_child(args, window, accum, form, malloc) -> list[str]:
   return [sys.executable, "-m", "experiments.benchmark_train_step", f"--mask-window={window}",
           f"--grad-accum={accum}", f"--forms={form}", f"--malloc={malloc}",
           f"--size={args.size}", f"--batch={args.batch}", f"--instances={args.instances}",
-          f"--iters={args.iters}", f"--warmup={args.warmup}"]
+          f"--iters={args.iters}", f"--warmup={args.warmup}", f"--slots={args.slots}"]
 
 
 def _torch_child(args, batch) -> list[str]:
@@ -188,6 +190,8 @@ def main():
   parser.add_argument("--torch-batches", type=int, nargs="*", default=[],
                       help="also time the PyTorch replica of the authors' step at these "
                       "batch sizes (experiments/torch_replica; needs torch)")
+  parser.add_argument("--slots", type=int, default=0,
+                      help="instance slots per image (data.max_instances; 0: the recipe's)")
   parser.add_argument("--rounds", type=int, default=1)
   parser.add_argument("--iters", type=int, default=3)
   parser.add_argument("--warmup", type=int, default=1)
