@@ -197,6 +197,8 @@ def main():
   parser.add_argument("--warmup", type=int, default=1)
   parser.add_argument("--mask-window", type=int, default=None, help=argparse.SUPPRESS)
   args = parser.parse_args()
+  if 0 < args.slots < args.instances:
+    parser.error(f"--slots {args.slots} cannot hold --instances {args.instances}")
   if args.mask_window is not None:  # a child: one variant, figures as JSON on stdout
     args.grad_accum, args.form, args.malloc = args.grad_accum[0], args.forms[0], args.malloc[0]
     print(json.dumps(run_variant(args)))
