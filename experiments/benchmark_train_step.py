@@ -20,9 +20,9 @@ backward, the recipe's optimizer), built for the task of `configs/neuroseg3_seg.
     defaults and JAX's asynchronous dispatch, under which every call maps and
     page-faults its temporaries afresh).
 With --torch-batches, the PyTorch replica of the authors' step
-(`experiments/torch_replica`: their network, the YOLOv8-seg loss as their fork lays it out, AdamW; needs
-torch) runs in the same rounds at those batch sizes, and the last lines give each
-variant's ratio to it.
+(`experiments/torch_replica`: their network, the YOLOv8-seg loss as their fork lays
+it out, AdamW; needs torch) runs in the same rounds at those batch sizes, and the
+last lines give each variant's ratio to it.
 The batch is synthetic: --instances neuron-sized boxes (12-48 px) with filled masks
 per image, padded to the recipe's data.max_instances slots (or --slots) with valid =
 False, as the data pipeline pads them; the slot count sets the assigner's [B, slots,
