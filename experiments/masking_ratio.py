@@ -5,6 +5,8 @@
       --finetune=configs/unetr3d_finetune.py:smoke,size=mu,patch_size=1x8x8,crop=4x32x32
   python -m experiments.masking_ratio --config=configs/mae2d_pretrain.py:isbi --out=DIR \
       --finetune=configs/em2d_boundary.py:isbi,unetr      (real EM: ISBI 2012, issue 15)
+  python -m experiments.masking_ratio --config=configs/mae2d_pretrain.py:isbi,num_steps=4500 \
+      --out=DIR --finetune=configs/em2d_boundary.py:isbi,unetr --layer-decay=0.75
 
 Each point is the config with `mask_ratio=R` appended to its argument, so it is
 also runnable alone:
@@ -16,9 +18,10 @@ must beat), their quotient, the last logged training loss, the wall time and the
 CPU time of this call (small for a run reused from an earlier call) and the wall
 time of the training steps from the run's metrics (the same whether reused or not).
 With --finetune the given UNETR fine-tuning config is run once from scratch and
-once per ratio with `pretrained=<that ratio's workdir>` (its ViT size, patch and
-class token must match the MAE's), and its final val/* scores are added (an EM slice
-run that was evaluated under other settings is evaluated again: `slice_runs.py`).
+once per ratio with `pretrained=<that ratio's workdir>` (plus `layer_decay=<--layer-decay>`
+when given; its ViT size, patch and class token must match the MAE's), and its final
+val/* scores are added (an EM slice run that was evaluated under other settings is
+evaluated again: `slice_runs.py`).
 
 Writes OUT/masking_ratio.csv, OUT/masking_ratio.json and OUT/masking_ratio.png;
 each run's workdir is OUT/ratio_<R> (a finished run is reused, not retrained).
@@ -97,8 +100,9 @@ def run_ratio(args, ratio: float) -> dict:
          "train_seconds": round(loop.training_seconds(workdir), 1),
          "workdir": workdir}
   if args.finetune:
-    row.update(finetune_scores(with_args(args.finetune, f"pretrained={workdir}"),
-                               os.path.join(workdir, "finetune")))
+    decay = f",layer_decay={args.layer_decay}" if args.layer_decay != 1.0 else ""
+    spec = with_args(args.finetune, f"pretrained={workdir}{decay}")
+    row.update(finetune_scores(spec, os.path.join(workdir, "finetune")))
   print(json.dumps(row), flush=True)
   return row
 
@@ -132,6 +136,9 @@ def main():
   parser.add_argument("--config", default="configs/mae3d_pretrain.py:cpu")
   parser.add_argument("--ratios", type=float, nargs="+", default=[0.25, 0.5, 0.75, 0.9])
   parser.add_argument("--finetune", default="", help="UNETR fine-tuning config spec (optional)")
+  parser.add_argument("--layer-decay", type=float, default=1.0,
+                      help="fine-tuning from each MAE: ViT block k from the top learns at "
+                      "lr * decay**k (the scratch run keeps the spec's; default 1 = off)")
   parser.add_argument("--out", required=True)
   args = parser.parse_args()
   os.makedirs(args.out, exist_ok=True)
