@@ -54,6 +54,13 @@ def with_args(spec: str, extra: str) -> str:
   return f"{path}:{arg},{extra}" if arg else f"{path}:{extra}"
 
 
+def pretrained_spec(finetune: str, mae_workdir: str, layer_decay: float) -> str:
+  """The fine-tuning spec from one MAE run; layer_decay is added only when it is not 1, so
+  fine-tuning configs without that field still load."""
+  decay = f",layer_decay={layer_decay}" if layer_decay != 1.0 else ""
+  return with_args(finetune, f"pretrained={mae_workdir}{decay}")
+
+
 def last_values(records: list[dict], prefix: str) -> dict:
   """The latest logged value of every metric whose name starts with `prefix`."""
   values = {}
@@ -100,8 +107,7 @@ def run_ratio(args, ratio: float) -> dict:
          "train_seconds": round(loop.training_seconds(workdir), 1),
          "workdir": workdir}
   if args.finetune:
-    decay = f",layer_decay={args.layer_decay}" if args.layer_decay != 1.0 else ""
-    spec = with_args(args.finetune, f"pretrained={workdir}{decay}")
+    spec = pretrained_spec(args.finetune, workdir, args.layer_decay)
     row.update(finetune_scores(spec, os.path.join(workdir, "finetune")))
   print(json.dumps(row), flush=True)
   return row
