@@ -25,7 +25,9 @@ out of fold ("oof/..."; K fold runs per row, DIR/<run>_fold{k}, `slice_runs.py`)
 protocol `neuroseg-jax train-em --tune-folds` ships; rows without them are completed.
 Every method's input slices are blurred to the noise level of its training slices
 first (`data/noise_matching.py`; slices 15-19 are 3x noisier than 0-14), unless
---no-match-noise. Runs are resumable and a finished run is reused. Writes
+--no-match-noise. Runs are resumable and a finished run is reused. Rows are named by
+their run's config, so a DIR can hold several MAEs (e.g. --mask-ratio 0.25 beside the
+default 0.75), decays or budgets side by side; the table gives each its own line. Writes
 DIR/em_isbi_study.json (rows with and without noise matching side by side) and prints
 a Markdown table of the rows as asked; wall and CPU seconds (this process, all threads)
 per run, and the training steps' wall time from the run's metrics. A finished run whose
@@ -39,6 +41,7 @@ import argparse
 import dataclasses
 import json
 import os
+import re
 import time
 
 import jax
@@ -56,6 +59,7 @@ ISBI = os.path.join(os.path.dirname(os.path.abspath(__file__)), "..", "..", "sha
 VAL = list(range(15, 20))
 METHODS = ("classical", "unet", "unetr", "unetr_mae")
 PATCH = "16x16"  # configs/em2d_boundary.py's and configs/mae2d_pretrain.py:isbi's
+CLASSICAL = "evaluation/em_classical.py"  # the classical rows' "config"
 
 
 def classical(labeled: int, match_noise: bool) -> dict:
@@ -94,29 +98,37 @@ def pretrain(args) -> dict:
     spec += f",match_noise_to={unlabeled}-{unlabeled + VAL[0] - 1}"
   records, seconds, cpu_seconds = train(spec, mae_workdir(args))
   loss = [r["val/reconstruction_loss"] for r in records if "val/reconstruction_loss" in r]
-  return {"method": "mae_pretraining", "mask_ratio": args.mask_ratio,
+  return {"method": "mae_pretraining", "mae_run": os.path.basename(mae_workdir(args)),
+          "mask_ratio": args.mask_ratio,
           "patch_size": args.patch_size, "num_steps": records[-1]["step"],
           "val/reconstruction_loss": loss[-1], "seconds": round(seconds, 1),
           "cpu_seconds": round(cpu_seconds, 1)}
 
 
-def network_run(method: str, labeled: int, seed: int, args) -> tuple:
-  """(task, final state, workdir, config spec) of a network row's run, trained unless
-  finished."""
+def run_spec(method: str, labeled: int, seed: int, args) -> str:
+  """The config spec of a network row's run; it also names the row in the study's JSON, so
+  rows of another MAE, decay or budget are never taken for this one."""
+  if method == "classical":
+    return CLASSICAL
   spec = (f"configs/em2d_boundary.py:isbi,{'unet' if method == 'unet' else 'unetr'},"
           f"train_slices=0-{labeled - 1},seed={seed},num_steps={args.steps},"
           f"match_noise={args.match_noise}")
   if method != "unet":
     spec += f",patch_size={args.patch_size}"
   if method == "unetr_mae":
-    mae_dir = mae_workdir(args)
-    spec += f",pretrained={mae_dir},layer_decay={args.layer_decay}"
+    spec += f",pretrained={mae_workdir(args)},layer_decay={args.layer_decay}"
+  return spec
+
+
+def network_run(method: str, labeled: int, seed: int, args) -> tuple:
+  """(task, final state, workdir, config spec) of a network row's run, trained unless
+  finished."""
+  spec = run_spec(method, labeled, seed, args)
+  workdir = os.path.join(args.out, f"{method}_n{labeled}_s{seed}")
+  if (method == "unetr_mae" and (labeled, seed) == (15, 0) and args.layer_decay == 1.0
+      and args.patch_size == PATCH):
     # The masking-ratio study's fine-tuning run of this ratio is this very run.
-    workdir = (os.path.join(mae_dir, "finetune")
-               if (labeled, seed) == (15, 0) and args.layer_decay == 1.0
-               and args.patch_size == PATCH else None)
-  workdir = (workdir if method == "unetr_mae" and workdir else
-             os.path.join(args.out, f"{method}_n{labeled}_s{seed}"))
+    workdir = os.path.join(mae_workdir(args), "finetune")
   task = tasks.build(config_loading.load_config(spec))
   return task, loop.train(task, workdir, devices=jax.devices()[:1]), workdir, spec
 
@@ -154,8 +166,7 @@ def fill_row(row: dict, args) -> None:
   method, labeled = row["method"], row["labeled"]
   if method == "classical":
     scores, seconds, cpu_seconds = timed(classical, labeled, args.match_noise)
-    row.update(config="evaluation/em_classical.py", **scores, seconds=seconds,
-               cpu_seconds=cpu_seconds)
+    row.update(**scores, seconds=seconds, cpu_seconds=cpu_seconds)
     return
   run, seconds, cpu_seconds = timed(network_run, method, labeled, row["seed"], args)
   if "val/arand" not in row:  # new: trained just now (or finished and only loaded)
@@ -165,7 +176,17 @@ def fill_row(row: dict, args) -> None:
 
 
 def row_key(row: dict) -> tuple:
-  return row["method"], row.get("labeled"), row.get("seed"), row.get("match_noise", False)
+  """What names a row: its run's config, with the MAE run by its folder name only (so a
+  study folder can move or be named by a relative path)."""
+  config = re.sub(r"pretrained=[^,]*[/\\]", "pretrained=", row.get("config", ""))
+  return row["method"], row.get("labeled"), row.get("seed"), row.get("match_noise", False), \
+      config
+
+
+def row_label(row: dict) -> str:
+  """The method, and for an MAE row the MAE run it started from: `unetr_mae (ratio_0.25)`."""
+  pretrained = re.search(r"pretrained=([^,]+)", row.get("config", ""))
+  return row["method"] + (f" ({os.path.basename(pretrained[1])})" if pretrained else "")
 
 
 def table(rows: list[dict], match_noise: bool) -> str:
@@ -175,17 +196,17 @@ def table(rows: list[dict], match_noise: bool) -> str:
            "wall min / run | CPU min / run |", "|---|---|---|---|---|---|---|---|---|---|"]
   rows = [r for r in rows
           if r["method"] in METHODS and r.get("match_noise", False) == match_noise]
-  keys = sorted({(r["method"], r["labeled"]) for r in rows},
-                key=lambda k: (k[1], METHODS.index(k[0])))
-  for method, labeled in keys:
-    group = [r for r in rows if (r["method"], r["labeled"]) == (method, labeled)]
+  keys = sorted({(row_label(r), r["labeled"]) for r in rows},
+                key=lambda k: (k[1], METHODS.index(k[0].split()[0]), k[0]))
+  for label, labeled in keys:
+    group = [r for r in rows if (row_label(r), r["labeled"]) == (label, labeled)]
     arand = np.array([r["val/arand"] for r in group])
     oracle = [r.get("val/arand_oracle") for r in group]
     oracle_text = "-" if None in oracle else f"{np.mean(oracle):.4f}"
     oof = np.array([r.get("oof/arand", np.nan) for r in group])
     oof_text = "-" if np.isnan(oof).any() else f"{oof.mean():.4f} +- {oof.std():.4f}"
     lines.append(
-        f"| {method} | {labeled} | {len(group)} | {arand.mean():.4f} +- {arand.std():.4f} | "
+        f"| {label} | {labeled} | {len(group)} | {arand.mean():.4f} +- {arand.std():.4f} | "
         f"{np.mean([r['val/voi_split'] for r in group]):.3f} | "
         f"{np.mean([r['val/voi_merge'] for r in group]):.3f} | {oof_text} | {oracle_text} | "
         f"{np.mean([r['seconds'] for r in group]) / 60:.1f} | "
@@ -222,27 +243,30 @@ def main():
   result_path = os.path.join(args.out, "em_isbi_study.json")
   rows = json.load(open(result_path)) if os.path.exists(result_path) else []
   by_key = {row_key(r): r for r in rows}
-  if "unetr_mae" in args.methods and not any(r["method"] == "mae_pretraining" for r in rows):
+  mae_run = os.path.basename(mae_workdir(args))
+  if "unetr_mae" in args.methods and not any(r.get("mae_run") == mae_run for r in rows):
     rows.append(pretrain(args))  # timed on its own, not inside the first fine-tuning run
     print(json.dumps(rows[-1]), flush=True)
   for labeled in args.labels:
     for method in args.methods:
       for seed in args.seeds if method != "classical" else [0]:
-        key = (method, labeled, seed, args.match_noise)
-        row = by_key.get(key)
-        if row is None:
-          row = by_key[key] = {"method": method, "labeled": labeled, "seed": seed,
-                               "match_noise": args.match_noise}
+        row = {"method": method, "labeled": labeled, "seed": seed,
+               "match_noise": args.match_noise,
+               "config": run_spec(method, labeled, seed, args)}
+        if row_key(row) not in by_key:
+          by_key[row_key(row)] = row
           rows.append(row)
-        elif not wants_out_of_fold(row, args):
+        elif not wants_out_of_fold(by_key[row_key(row)], args):
           continue
+        row = by_key[row_key(row)]
         fill_row(row, args)
         print(json.dumps(row), flush=True)
         with open(result_path, "w") as f:
           json.dump(rows, f, indent=1)
   for row in rows:
     if row["method"] == "mae_pretraining":
-      print(f"MAE pre-training (mask ratio {row['mask_ratio']}): val reconstruction loss "
+      print(f"MAE pre-training {row.get('mae_run', '')} (mask ratio {row['mask_ratio']}): "
+            f"val reconstruction loss "
             f"{row['val/reconstruction_loss']:.4f}, {row['seconds'] / 60:.1f} min wall, "
             f"{row['cpu_seconds'] / 60:.1f} min CPU")
   print(table(rows, args.match_noise))
