@@ -1,15 +1,43 @@
-"""Test-session setup: 8 virtual CPU devices, shared data locations."""
+"""Test-session setup: 8 virtual CPU devices, one compilation cache, shared data locations."""
 
+import os
 import pathlib
+import shutil
+import tempfile
 
 import jax
 import pytest
+
+from neuroseg_jax import runtime
 
 # Must happen before the first JAX computation of the session.
 jax.config.update("jax_num_cpu_devices", 8)
 
 REPO_ROOT = pathlib.Path(__file__).resolve().parents[1]
 SHARED = REPO_ROOT.parent / "shared"
+_CACHE_FOLDER = pytest.StashKey[str]()
+
+
+def pytest_configure(config):
+  """One persistent compilation cache for the whole run, fresh each run.
+
+  The controller (or a run without xdist) makes the folder and exports it through
+  `runtime.CACHE_ENV` before the xdist workers start, so both workers, and the
+  `neuroseg-jax` commands the tests start, share it: a program that several tests
+  compile (the same network at the same size) compiles once. Nothing is read from or
+  written to the user's own cache.
+  """
+  if not hasattr(config, "workerinput"):
+    folder = tempfile.mkdtemp(prefix="neuroseg_jax_test_xla_")
+    os.environ[runtime.CACHE_ENV] = folder
+    config.stash[_CACHE_FOLDER] = folder
+  runtime.enable_compilation_cache(os.environ[runtime.CACHE_ENV])
+
+
+def pytest_unconfigure(config):
+  folder = config.stash.get(_CACHE_FOLDER, None)
+  if folder is not None:
+    shutil.rmtree(folder, ignore_errors=True)
 
 
 @pytest.fixture

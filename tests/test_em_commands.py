@@ -54,11 +54,6 @@ def membrane_data(tmp_path_factory):
   return root
 
 
-@pytest.fixture(autouse=True)
-def _no_compilation_cache(monkeypatch):
-  monkeypatch.setenv("NEUROSEG_JAX_CACHE_DIR", "off")  # cli._run would turn it on
-
-
 def _fails(capsys, argv, *fragments) -> str:
   with pytest.raises(SystemExit) as exit_info:
     cli.main(argv)

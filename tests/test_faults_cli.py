@@ -22,7 +22,7 @@ TOY_CONFIG = os.path.join(REPO, "tests", "toy_config.py")
 
 def _cli(*args, timeout=300):
   env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
-  env.update(PYTHONPATH=REPO, JAX_PLATFORMS="cpu", NEUROSEG_JAX_CACHE_DIR="off")
+  env.update(PYTHONPATH=REPO, JAX_PLATFORMS="cpu")
   return subprocess.run([sys.executable, "-m", "neuroseg_jax.cli", *map(str, args)], env=env,
                         capture_output=True, text=True, timeout=timeout, cwd=REPO)
 

@@ -26,8 +26,9 @@ SPEC = {"architecture": ARCHITECTURE,
 
 def _variables():
   network = yolo_seg.build_yolo_seg({**ARCHITECTURE, "dtype": "float32"})
-  variables = network.init({"params": jax.random.key(0), "drop_path": jax.random.key(0)},
-                           np.zeros((1, 64, 64, 3), np.float32), train=False)
+  init = jax.jit(lambda rngs, image: network.init(rngs, image, train=False))
+  variables = init({"params": jax.random.key(0), "drop_path": jax.random.key(0)},
+                   np.zeros((1, 64, 64, 3), np.float32))
   return jax.tree.map(np.asarray, jax.device_get(dict(variables)))
 
 
@@ -131,8 +132,8 @@ def test_flip_tta_makes_a_network_flip_equivariant(written):
   input are those of the input, flipped (a plain pass is not equivariant)."""
   builtin = model_folder.read(predictor.BUILTIN_MODELS["builtin"])
   network = yolo_seg.build_yolo_seg({**builtin.spec["architecture"], "dtype": "float32"})
-  plain = lambda batch: jax.device_get(network.apply(builtin.variables, batch["image"],
-                                                     train=False))
+  apply = jax.jit(lambda variables, image: network.apply(variables, image, train=False))
+  plain = lambda batch: jax.device_get(apply(builtin.variables, batch["image"]))
   image = np.random.default_rng(1).random((1, 64, 64, 3)).astype(np.float32)
   for rows, cols in ((False, True), (True, False)):
     flipped = np.flip(image, tuple(a for a, f in ((1, rows), (2, cols)) if f)).copy()

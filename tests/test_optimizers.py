@@ -10,15 +10,16 @@ from neuroseg_jax.models import unetr, vit
 from neuroseg_jax.training import defaults, optimizers
 
 
-def unetr_params(depth: int = 3):
-  encoder = vit.ViTEncoder(width=16, depth=depth, num_heads=2, patch_size=(4, 4),
+@pytest.fixture(scope="module")
+def params():
+  """Parameters of a small UNETR with a 3-block ViT encoder."""
+  encoder = vit.ViTEncoder(width=16, depth=3, num_heads=2, patch_size=(4, 4),
                            use_class_token=True)
   model = unetr.UNETR(encoder, out_channels=1, decoder_width=4)
-  return model.init(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))["params"]
+  return jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))["params"]
 
 
-def test_scales_follow_the_encoder_depth():
-  params = unetr_params(depth=3)
+def test_scales_follow_the_encoder_depth(params):
   scales = optimizers.layer_decay_scales(params, 0.5)
   encoder = scales["encoder"]
   assert encoder["patch_embed"]["kernel"] == 0.5**4
@@ -30,8 +31,7 @@ def test_scales_follow_the_encoder_depth():
   assert decoder and all(s == 1.0 for s in decoder)
 
 
-def test_adamw_step_is_scaled_per_layer():
-  params = unetr_params(depth=2)
+def test_adamw_step_is_scaled_per_layer(params):
   grads = jax.tree.map(lambda p: jnp.full_like(p, 0.01), params)
   config = defaults.base_config()
   config.num_steps = 10
@@ -40,10 +40,10 @@ def test_adamw_step_is_scaled_per_layer():
   for decay in (1.0, 0.5):
     config.optimizer.layer_decay = decay
     tx, _ = optimizers.make_optimizer(config)
-    updates[decay], _ = tx.update(grads, tx.init(params), params)
+    updates[decay], _ = jax.jit(tx.update)(grads, tx.init(params), params)
   ratio = jax.tree.map(lambda a, b: np.asarray(a / b), updates[0.5], updates[1.0])
-  np.testing.assert_allclose(ratio["encoder"]["patch_embed"]["kernel"], 0.5**3, rtol=1e-6)
-  np.testing.assert_allclose(ratio["encoder"]["blocks_0"]["mlp"]["fc1"]["kernel"], 0.25,
+  np.testing.assert_allclose(ratio["encoder"]["patch_embed"]["kernel"], 0.5**4, rtol=1e-6)
+  np.testing.assert_allclose(ratio["encoder"]["blocks_0"]["mlp"]["fc1"]["kernel"], 0.5**3,
                              rtol=1e-6)
   np.testing.assert_allclose(ratio["head"]["kernel"], 1.0, rtol=1e-6)
 

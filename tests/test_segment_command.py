@@ -129,7 +129,7 @@ def test_summary_image_input_gives_masks_without_traces(results, inputs, tmp_pat
 
 def _cli(*args):
   env = {k: v for k, v in os.environ.items() if not k.startswith(("JAX_", "XLA_"))}
-  env.update(JAX_PLATFORMS="cpu", NEUROSEG_JAX_CACHE_DIR="off")
+  env.update(JAX_PLATFORMS="cpu")
   return subprocess.run([sys.executable, "-m", "neuroseg_jax.cli", "segment", *map(str, args)],
                         env=env, capture_output=True, text=True, timeout=300, cwd=REPO)
 
