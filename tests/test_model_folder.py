@@ -170,11 +170,16 @@ def test_update_spec_keeps_the_weights_and_their_checksum(written, tmp_path):
 
 def test_predict_drops_low_scores_before_suppression_with_the_same_result():
   """`predict` passes its threshold to `detect`: greedy suppression by score makes that
-  exact, on a field of four overlapping tiles (so the cross-tile merge is covered)."""
-  config = twophoton_sim.SimulationConfig(height=600, width=600, frames=60)
+  exact, on a field of four overlapping tiles (so the cross-tile merge is covered): the
+  built-in network on 512 px tiles, so that a 300 px field (600 px at its zoom 2) spans
+  four."""
+  config = twophoton_sim.SimulationConfig(height=300, width=300, frames=60)
   recording = twophoton_sim.simulate_recording(config, seed=3)
   image = summary_images.compute_summary_images(recording.movie)["corr"]
-  model = predictor.load_model("builtin")
+  builtin = model_folder.read(predictor.BUILTIN_MODELS["builtin"])
+  spec = {**builtin.spec, "input": {**builtin.spec["input"], "tile_size": 512}}
+  model = predictor.NeuronModel(model_folder.ModelFolder(spec, builtin.variables),
+                                "built-in, 512 px tiles")
   everything = model.detect(model.network_input(image))
   above = everything.select(everything.scores >= model.conf_threshold)
   found = model.predict([image])[0]
