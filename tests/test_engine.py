@@ -115,6 +115,31 @@ def test_checkpoint_from_eight_devices_restores_on_one(tmp_path):
   _assert_trees_close(_params(on_one), _params(on_eight), atol=1e-5)
 
 
+def test_saving_a_replicated_state_in_one_process_compiles_nothing(tmp_path):
+  """Orbax's replica-parallel saving would compile a slice per array and device."""
+  mesh = mesh_lib.make_data_mesh(CPU)
+  state = {f"w{i}": np.arange(40 + i, dtype=np.float32) for i in range(3)}
+  replicated = jax.device_put(state, mesh_lib.replicated(mesh))
+  compiles = []
+
+  def listener(event, _, **kwargs):
+    if event == "/jax/core/compile/backend_compile_duration":
+      compiles.append(event)
+
+  ckpt = checkpointing.Checkpointer(str(tmp_path / "checkpoints"))
+  jax.monitoring.register_event_duration_secs_listener(listener)
+  try:
+    ckpt.save(1, replicated)
+  finally:
+    jax.monitoring.unregister_event_duration_listener(listener)
+  shapes = jax.tree.map(lambda x: jax.ShapeDtypeStruct(x.shape, x.dtype), state)
+  restored = ckpt.restore(checkpointing.abstract_with_shardings(
+      shapes, jax.tree.map(lambda _: mesh_lib.replicated(mesh), state)))
+  ckpt.close()
+  assert not compiles
+  _assert_trees_close(state, restored, atol=0)
+
+
 def test_non_finite_loss_stops_with_step(tmp_path):
   config = toy_task.toy_config(num_steps=6, **{"model.nan_at_step": 3})
   with pytest.raises(loop.NonFiniteError, match=r"step 4: non-finite loss=nan"):
