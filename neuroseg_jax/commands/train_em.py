@@ -52,7 +52,8 @@ MODELS = ("unet", "unetr")
 # layer-wise learning-rate decay, patch size, budget"; 0.75 as in MAE's own fine-tuning).
 PRETRAINED_LAYER_DECAY = 0.75
 # Network and crop sizes: the config's own, or its smoke variant (tiny networks, 32x32
-# crops, batch 2: checks data and pipeline in seconds; segments poorly).
+# crops, batch 2, a 16-point watershed grid: checks data and pipeline in seconds; segments
+# poorly).
 SCALES = {"full": "", "smoke": "smoke"}
 VOLUME_SUFFIXES = ("", ".tif", ".tiff", ".h5", ".hdf5", ".zarr")  # "" = a slice folder
 INTENDED_USE = ("Serial-section transmission EM of neuropil at about 4 nm per pixel (sections "
