@@ -8,6 +8,7 @@ import numpy as np
 import optax
 import pytest
 
+from tests import random_variables
 from neuroseg_jax.errors import DataError
 from neuroseg_jax.losses.reconstruction import masked_reconstruction_loss
 from neuroseg_jax.models.mae import (MAE, num_visible_tokens, patchify, random_masking,
@@ -21,11 +22,8 @@ def _tiny_mae(patch, mask_ratio=0.75, **kw):
 
 
 def _numpy_variables(model, x, seed=0):
-  """Variables of model.init's shapes filled in NumPy (no init compile)."""
-  rng = np.random.default_rng(seed)
   rngs = {"params": jax.random.key(0), "masking": jax.random.key(1)}
-  shapes = jax.eval_shape(model.init, rngs, x)
-  return jax.tree.map(lambda s: (0.3 * rng.normal(size=s.shape)).astype(s.dtype), shapes)
+  return random_variables.normal_variables(lambda: model.init(rngs, x), seed)
 
 
 @pytest.mark.parametrize("ratio", [0.25, 0.5, 0.75, 0.9])

@@ -7,6 +7,7 @@ import jax
 import numpy as np
 import pytest
 
+from tests import random_variables
 from neuroseg_jax import model_folder
 from neuroseg_jax import predictor
 from neuroseg_jax.data import summary_images
@@ -26,10 +27,9 @@ SPEC = {"architecture": ARCHITECTURE,
 
 def _variables():
   network = yolo_seg.build_yolo_seg({**ARCHITECTURE, "dtype": "float32"})
-  init = jax.jit(lambda rngs, image: network.init(rngs, image, train=False))
-  variables = init({"params": jax.random.key(0), "drop_path": jax.random.key(0)},
-                   np.zeros((1, 64, 64, 3), np.float32))
-  return jax.tree.map(np.asarray, jax.device_get(dict(variables)))
+  rngs = {"params": jax.random.key(0), "drop_path": jax.random.key(0)}
+  return dict(random_variables.fan_in_variables(
+      lambda: network.init(rngs, np.zeros((1, 64, 64, 3), np.float32), train=False)))
 
 
 @pytest.fixture(scope="module")

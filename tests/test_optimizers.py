@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests import random_variables
 from neuroseg_jax.errors import ConfigError
 from neuroseg_jax.models import unetr, vit
 from neuroseg_jax.training import defaults, optimizers
@@ -16,7 +17,8 @@ def params():
   encoder = vit.ViTEncoder(width=16, depth=3, num_heads=2, patch_size=(4, 4),
                            use_class_token=True)
   model = unetr.UNETR(encoder, out_channels=1, decoder_width=4)
-  return jax.jit(model.init)(jax.random.PRNGKey(0), jnp.zeros((1, 16, 16, 1)))["params"]
+  return random_variables.fan_in_variables(
+      lambda: model.init(jax.random.key(0), jnp.zeros((1, 16, 16, 1))))["params"]
 
 
 def test_scales_follow_the_encoder_depth(params):

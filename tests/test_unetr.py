@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests import random_variables
 from neuroseg_jax.errors import DataError
 from neuroseg_jax.models import unetr, vit
 from neuroseg_jax.models.mae import MAE
@@ -22,23 +23,7 @@ def test_upsampling_plan_follows_the_patch():
 
 
 def _variables(model, x, seed=0):
-  """Random variables with the model's shapes, filled in NumPy.
-
-  (Jit-compiling `model.init` on CPU costs ~10 s, almost all of it in the threefry
-  kernels of the per-parameter initializers; shapes come from jax.eval_shape instead.)
-  """
-  rng = np.random.default_rng(seed)
-
-  def fill(path, leaf):
-    name = jax.tree_util.keystr(path[-1:])
-    if "scale" in name or "var" in name:
-      return np.ones(leaf.shape, leaf.dtype)
-    if "bias" in name or "mean" in name:
-      return np.zeros(leaf.shape, leaf.dtype)
-    fan_in = max(1, int(np.prod(leaf.shape[:-1])))
-    return (rng.normal(size=leaf.shape) / np.sqrt(fan_in)).astype(leaf.dtype)
-
-  return jax.tree_util.tree_map_with_path(fill, jax.eval_shape(model.init, jax.random.key(0), x))
+  return random_variables.fan_in_variables(lambda: model.init(jax.random.key(0), x), seed)
 
 
 def _tiny(patch=(2, 4, 4), **kwargs):

@@ -5,6 +5,7 @@ import jax.numpy as jnp
 import numpy as np
 import pytest
 
+from tests import random_variables
 from neuroseg_jax.errors import DataError
 from neuroseg_jax.models.mae import patchify
 from neuroseg_jax.models.position_embeddings import sincos_position_embedding
@@ -16,10 +17,7 @@ def _tiny(patch, cls=False, depth=1, **kw):
 
 
 def _numpy_variables(model, x, seed=0):
-  """Variables of model.init's shapes filled in NumPy (no init compile)."""
-  rng = np.random.default_rng(seed)
-  shapes = jax.eval_shape(model.init, jax.random.key(0), x)
-  return jax.tree.map(lambda s: (0.3 * rng.normal(size=s.shape)).astype(s.dtype), shapes)
+  return random_variables.normal_variables(lambda: model.init(jax.random.key(0), x), seed)
 
 
 @pytest.mark.parametrize("patch, shape", [((4, 4), (2, 8, 12, 3)), ((2, 4, 4), (2, 4, 8, 12, 1))])
