@@ -1,4 +1,5 @@
-"""Test-session setup: 8 virtual CPU devices, one compilation cache, shared data locations."""
+"""Test-session setup: 8 virtual CPU devices, one compilation cache, shared data locations,
+long-running test files first."""
 
 import os
 import pathlib
@@ -32,6 +33,21 @@ def pytest_configure(config):
     os.environ[runtime.CACHE_ENV] = folder
     config.stash[_CACHE_FOLDER] = folder
   runtime.enable_compilation_cache(os.environ[runtime.CACHE_ENV])
+  config.addinivalue_line(
+      "markers", "runs_long(seconds): a test file that takes minutes (it trains and compiles "
+      "whole networks; `seconds`: about how long on 2 cores); scheduled first, longest first")
+
+
+def pytest_collection_modifyitems(items):
+  """Files marked `runs_long` first, longest first, then the rest in collected order.
+
+  The test command runs `-n 2 --dist loadfile --no-loadscope-reorder`, so the two
+  workers take files in this order; a long file started last would run alone at the end.
+  """
+  def first_long(item):
+    marker = item.get_closest_marker("runs_long")
+    return -marker.kwargs["seconds"] if marker else 0
+  items.sort(key=first_long)
 
 
 def pytest_unconfigure(config):

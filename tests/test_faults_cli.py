@@ -16,6 +16,8 @@ from PIL import Image
 from neuroseg_jax import config_loading
 from neuroseg_jax.training import run_folder
 
+pytestmark = pytest.mark.runs_long(seconds=95)  # scheduled first (conftest.py)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY_CONFIG = os.path.join(REPO, "tests", "toy_config.py")
 

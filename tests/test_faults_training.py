@@ -22,6 +22,8 @@ from neuroseg_jax.training import loop
 from neuroseg_jax.training import run_folder
 from tests import toy_task
 
+pytestmark = pytest.mark.runs_long(seconds=100)  # scheduled first (conftest.py)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 TOY_CONFIG = os.path.join(REPO, "tests", "toy_config.py")
 CPU = jax.devices("cpu")

@@ -24,6 +24,8 @@ SPEC = {"architecture": ARCHITECTURE,
                   "overlap": 16},
         "conf_threshold": 0.0}
 
+pytestmark = pytest.mark.runs_long(seconds=70)  # scheduled first (conftest.py)
+
 
 def _variables():
   network = yolo_seg.build_yolo_seg({**ARCHITECTURE, "dtype": "float32"})

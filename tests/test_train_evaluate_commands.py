@@ -27,6 +27,8 @@ from neuroseg_jax.data import images
 from neuroseg_jax.data import neuron_datasets
 from neuroseg_jax.errors import DataError
 
+pytestmark = pytest.mark.runs_long(seconds=210)  # scheduled first (conftest.py)
+
 REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 

@@ -21,6 +21,8 @@ from neuroseg_jax.training import checkpointing
 from neuroseg_jax.training import loop
 from neuroseg_jax import tasks
 
+pytestmark = pytest.mark.runs_long(seconds=150)  # scheduled first (conftest.py)
+
 CONFIG = pathlib.Path(__file__).resolve().parents[1] / "configs" / "neuroseg3_seg.py"
 STEPS = 16
 LOSS_TERMS = ("box", "cls", "dfl", "mask")
