@@ -1,6 +1,8 @@
 """Training engine: sharding equivalence, resume, checkpoints across device counts, errors."""
 
 import os
+import subprocess
+import sys
 import warnings
 
 import jax
@@ -19,6 +21,7 @@ from neuroseg_jax.training import train_step as train_step_lib
 from neuroseg_jax import tasks
 
 CPU = jax.devices("cpu")
+REPO = os.path.dirname(os.path.dirname(os.path.abspath(__file__)))
 
 
 def _params(state):
@@ -156,6 +159,17 @@ def test_unknown_task_and_model_names_list_choices(tmp_path):
   with pytest.raises(registry.UnknownNameError, match="unknown toy model 'mpl'; valid "
                      "choices: mlp"):
     loop.train(tasks.build(toy_task.toy_config(**{"model.name": "mpl"})), str(tmp_path))
+
+
+def test_a_registered_task_imports_no_other_task_module():
+  """Startup: the toy task is registered by its own module, so building it must not import
+  the real tasks (NeuroSeg-III's alone took 4.6 s to import)."""
+  code = ("import sys; from tests import toy_task; from neuroseg_jax import tasks; "
+          "tasks.get_task('toy_regression'); "
+          "print(sorted(m for m in sys.modules if m.startswith('neuroseg_jax.tasks.')))")
+  result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True,
+                          cwd=REPO, timeout=120, check=True)
+  assert result.stdout.strip() == "[]", result.stdout
 
 
 def test_config_typos_name_the_field():

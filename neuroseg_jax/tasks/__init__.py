@@ -14,8 +14,12 @@ _TASK_MODULES = ("neuroseg_jax.tasks.yolo_seg", "neuroseg_jax.tasks.tico_pretrai
 
 
 def get_task(name: str):
-  """The Task class registered as `name` (importing the task modules first)."""
+  """The Task class registered as `name`, importing task modules in turn until one
+  registers it (a task registered elsewhere, like the tests' toy task, imports none);
+  an unknown name imports them all, so its error lists every choice."""
   for module in _TASK_MODULES:
+    if name in TASKS:
+      break
     importlib.import_module(module)
   return TASKS.get(name)
 
