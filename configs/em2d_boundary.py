@@ -8,8 +8,7 @@
 Variants (combinable; explicit key=value arguments win): isbi, the ISBI 2012 slices in
 ../shared/data/isbi2012 (train 0-14, validate 15-19); unet (the default model) or unetr;
 smoke, a few steps of tiny models on 2 ISBI slices, tuned over a 16-point watershed
-grid. Arguments (`:a,b=c`, named after the
-field they set; sizes written "HxW"):
+grid. Arguments (`:a,b=c`, named after the field they set; sizes written "HxW"):
   images, key, labels, labels_key, labels_kind (auto | instances | membrane)
   train_slices, val_slices   z-slices like 0-14 or 0-4+10-12 (val "" = no evaluation)
   crop, batch_size, num_steps, lr, seed, warmup_steps
