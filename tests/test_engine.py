@@ -118,6 +118,30 @@ def test_checkpoint_from_eight_devices_restores_on_one(tmp_path):
   _assert_trees_close(_params(on_one), _params(on_eight), atol=1e-5)
 
 
+class _ShardRecordingTask(toy_task.ToyRegression):
+  """The toy task whose predict_fn records the batch shape each device computes."""
+  shard_shapes = []
+
+  def predict_fn(self, params, model_state, batch):
+    jax.debug.callback(lambda x: self.shard_shapes.append(x.shape), batch["x"],
+                       partitioned=True)
+    return super().predict_fn(params, model_state, batch)
+
+
+def test_evaluation_splits_its_batch_over_the_devices(tmp_path):
+  config = toy_task.toy_config(num_steps=1, eval_every=0)
+  state = loop.train(tasks.build(config), str(tmp_path), devices=CPU)
+  task = _ShardRecordingTask(config)
+  x = np.random.default_rng(0).normal(size=(11, 4)).astype(np.float32)
+  on_eight = loop.make_predict_fn(task, state, mesh_lib.make_data_mesh(CPU))({"x": x})
+  # 11 examples padded to 16: two per device, not all 11 on each of the 8 devices.
+  assert sorted(task.shard_shapes) == [(2, 4)] * 8
+  expected = task.model.apply({"params": _params(state), **jax.device_get(state["model_state"])},
+                              x, train=False)
+  assert on_eight.shape == (11, 1)
+  np.testing.assert_allclose(on_eight, expected, atol=1e-6, rtol=0)
+
+
 def test_saving_a_replicated_state_in_one_process_compiles_nothing(tmp_path):
   """Orbax's replica-parallel saving would compile a slice per array and device."""
   mesh = mesh_lib.make_data_mesh(CPU)

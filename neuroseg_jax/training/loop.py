@@ -48,12 +48,25 @@ def _check_finite(step: int, metrics: dict[str, float], last_saved: int | None) 
 
 
 def make_predict_fn(task: Task, state: dict, mesh) -> Any:
-  """Host-facing predict function for evaluators: numpy batch in, numpy outputs out."""
-  jitted = jax.jit(task.predict_fn)
+  """Host-facing predict function for evaluators: numpy batch in, numpy outputs out.
+
+  The batch ([B, ...] leaves, the same on every process) is split over the mesh's data
+  axis, so each device predicts B / devices examples; B is padded with copies of the
+  last example to a multiple of the device count and the padding's outputs dropped.
+  Every output leaf must lead with the batch axis (`Task.predict_fn`).
+  """
+  jitted = jax.jit(task.predict_fn, out_shardings=mesh_lib.replicated(mesh))
+  num_devices = mesh.devices.size
 
   def predict(batch: dict):
-    return jax.device_get(jitted(state["params"], state["model_state"],
-                                 mesh_lib.to_replicated(batch, mesh)))
+    size = len(jax.tree.leaves(batch)[0])
+    padding = -size % num_devices
+    if padding:
+      batch = jax.tree.map(
+          lambda x: np.concatenate([x, np.repeat(np.asarray(x)[-1:], padding, 0)]), batch)
+    outputs = jax.device_get(jitted(state["params"], state["model_state"],
+                                    mesh_lib.split_over_data(batch, mesh)))
+    return jax.tree.map(lambda x: x[:size], outputs)
 
   return predict
 

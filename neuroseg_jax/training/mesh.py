@@ -90,6 +90,14 @@ def host_to_global(tree: Any, shardings: Any) -> Any:
       tree, shardings)
 
 
+def split_over_data(tree: Any, mesh: Mesh) -> Any:
+  """Host numpy values, identical on every process -> global arrays split along their
+  leading axis over the data axis (its size must be a multiple of the mesh's)."""
+  sharding = batch_sharding(mesh)
+  return jax.tree.map(lambda x: jax.make_array_from_callback(
+      np.shape(x), sharding, lambda index, x=np.asarray(x): x[index]), tree)
+
+
 def to_replicated(tree: Any, mesh: Mesh) -> Any:
   """Host numpy values, identical on every process -> replicated global arrays."""
   sharding = replicated(mesh)

@@ -79,7 +79,8 @@ class Task(abc.ABC):
         prefetch=self.config.prefetch)
 
   def predict_fn(self, params: PyTree, model_state: PyTree, batch: dict) -> PyTree:
-    """Pure, jit-able inference outputs for a batch."""
+    """Pure, jit-able inference outputs for a batch; every output leaf leads with the
+    batch axis (evaluation splits batches over the devices)."""
     raise NotImplementedError(f"{type(self).__name__} has no predict_fn")
 
   def evaluators(self, workdir: str) -> list[Evaluator]:
