@@ -59,6 +59,7 @@ from matplotlib import figure as mpl_figure  # pylint: disable=g-import-not-at-t
 
 from neuroseg_jax import config_loading  # pylint: disable=g-import-not-at-top
 from neuroseg_jax import demo  # pylint: disable=g-import-not-at-top
+from neuroseg_jax import demo_settings  # pylint: disable=g-import-not-at-top
 from neuroseg_jax import runtime  # pylint: disable=g-import-not-at-top
 from neuroseg_jax.data import twophoton_sim  # pylint: disable=g-import-not-at-top
 from neuroseg_jax.training import loop  # pylint: disable=g-import-not-at-top
@@ -184,9 +185,9 @@ def training_seed(args, seed: int) -> int:
   return seed if args.train_seed < 0 else args.train_seed
 
 
-def settings_for(args, seed: int) -> demo.DemoSettings:
+def settings_for(args, seed: int) -> demo_settings.DemoSettings:
   """Demo settings of replicate `seed` (the simulated labeled data set's seed)."""
-  return demo.DemoSettings(scale=args.scale, image_size=args.image_size,
+  return demo_settings.DemoSettings(scale=args.scale, image_size=args.image_size,
                            labeled_recordings=max(args.budgets) + (args.held_out or 0),
                            tico_steps=args.tico_steps, finetune_steps=args.finetune_steps,
                            batch_size=args.batch_size, seed=seed)

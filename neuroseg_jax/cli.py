@@ -47,8 +47,8 @@ def _parser(command: str, description: str, example: str) -> argparse.ArgumentPa
 
 
 def _demo(argv: list[str]) -> None:
-  from neuroseg_jax import demo  # pylint: disable=g-import-not-at-top
-  defaults = demo.DemoSettings()
+  from neuroseg_jax import demo_settings  # pylint: disable=g-import-not-at-top
+  defaults = demo_settings.DemoSettings()
   parser = _parser(
       "demo", "TiCo pre-training -> fine-tuning on few labels -> held-out segmentation and "
       "precision/recall/F1, on the built-in simulator or on --data FOLDER.",
@@ -64,10 +64,15 @@ def _demo(argv: list[str]) -> None:
     parser.add_argument(f"--{field.name.replace('_', '-')}", type=type(field.default),
                         default=field.default, help=field.name.replace("_", " "))
   args = parser.parse_args(argv)
-  settings = demo.DemoSettings(**{f.name: getattr(args, f.name)
-                                  for f in dataclasses.fields(defaults)})
-  _run(args.debug, lambda: demo.run_demo(args.workdir, args.data, settings, args.overwrite),
-       trains=True)
+  settings = demo_settings.DemoSettings(**{f.name: getattr(args, f.name)
+                                           for f in dataclasses.fields(defaults)})
+
+  def job():
+    from neuroseg_jax import demo  # pylint: disable=g-import-not-at-top
+    demo.run_demo(args.workdir, args.data, settings, args.overwrite)
+
+  check = None if args.data is None else lambda: demo_settings.check_labeled_folder(args.data)
+  _run(args.debug, job, trains=True, check=check)
 
 
 def _segment(argv: list[str]) -> None:
@@ -114,7 +119,11 @@ def _segment(argv: list[str]) -> None:
     print(f"found {sum(r.neurons for r in results)} neurons in {len(results)} input(s); "
           f"files in {args.out}")
 
-  _run(args.debug, job)
+  def check():
+    from neuroseg_jax.commands import segment_inputs  # pylint: disable=g-import-not-at-top
+    segment_inputs.check_inputs(args.inputs, args.dataset)
+
+  _run(args.debug, job, check=check)
 
 
 def _train(argv: list[str]) -> None:
@@ -154,7 +163,11 @@ def _train(argv: list[str]) -> None:
       print(f"{name}: {value}")
     print(f"model written to {args.out}")
 
-  _run(args.debug, job, trains=True)
+  def check():
+    from neuroseg_jax.data import images  # pylint: disable=g-import-not-at-top
+    images.check_yolo_folder(args.data)
+
+  _run(args.debug, job, trains=True, check=check)
 
 
 def _evaluate(argv: list[str]) -> None:
@@ -342,15 +355,20 @@ def _usage() -> str:
   return "\n".join(lines)
 
 
-def _run(debug: bool, job: Callable[[], object], trains: bool = False) -> None:
-  """Runs `job`, turning user errors into one line on stderr and exit code 2. A job that
-  `trains` runs its computations one after another (`runtime.keep_freed_memory`)."""
+def _run(debug: bool, job: Callable[[], object], trains: bool = False,
+         check: Callable[[], object] | None = None) -> None:
+  """Runs `job`, turning user errors into one line on stderr and exit code 2. `check`
+  (reading the inputs) runs first, before JAX is imported, so bad input fails in a
+  second. A job that `trains` runs its computations one after another
+  (`runtime.keep_freed_memory`)."""
   logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
   logging.getLogger("absl").setLevel(logging.WARNING)
-  from neuroseg_jax import runtime  # pylint: disable=g-import-not-at-top
-  runtime.keep_freed_memory(calls_in_order=trains)
-  runtime.enable_compilation_cache()
   try:
+    if check is not None:
+      check()
+    from neuroseg_jax import runtime  # pylint: disable=g-import-not-at-top
+    runtime.keep_freed_memory(calls_in_order=trains)
+    runtime.enable_compilation_cache()
     job()
   except (UserError, OSError) as e:
     if debug:

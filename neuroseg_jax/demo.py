@@ -21,10 +21,10 @@ from pathlib import Path
 import jax
 
 from neuroseg_jax import config_loading
+from neuroseg_jax.demo_settings import DemoSettings
+from neuroseg_jax.demo_settings import check_labeled_folder
 from neuroseg_jax import tasks
-from neuroseg_jax.data import images
 from neuroseg_jax.data import roi_outputs
-from neuroseg_jax.errors import DataError
 from neuroseg_jax.evaluation import figures
 from neuroseg_jax.evaluation import neuron_evaluator
 from neuroseg_jax.tasks import yolo_seg
@@ -32,20 +32,6 @@ from neuroseg_jax.training import loop
 from neuroseg_jax.training import mesh as mesh_lib
 
 CONFIGS = Path(__file__).resolve().parents[1] / "configs"
-
-
-@dataclasses.dataclass
-class DemoSettings:
-  """Budget of the demo; the defaults finish in minutes on a 2-core laptop CPU."""
-  scale: str = "n"
-  block: str = "c2f_faster_ema"
-  neck: str = "bifpn"
-  image_size: int = 128        # simulated field of view / training crop size
-  labeled_recordings: int = 4  # the last one is held out for testing
-  tico_steps: int = 60
-  finetune_steps: int = 150
-  batch_size: int = 4
-  seed: int = 0
 
 
 def _config(name: str, arg: str):
@@ -87,16 +73,6 @@ def finetune_config(settings: DemoSettings, data_folder: str | None, pretrained:
                            "|rot90|brightness(0.1)|contrast(0.2)|noise(0.02)")
   config.eval_every = 0
   return config
-
-
-def check_labeled_folder(folder: str) -> None:
-  """Reads every image and label of `folder` once, so bad data fails before training."""
-  examples = images.list_yolo_folder(folder)
-  if len(examples) < 2:
-    raise DataError(folder, f"the demo needs at least 2 labeled images (one is held out), "
-                    f"found {len(examples)}")
-  for _, image, label in examples:
-    images.read_yolo_example(image, label)
 
 
 def _stage(message: str) -> None:

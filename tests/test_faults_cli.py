@@ -132,6 +132,20 @@ def test_demo_rejects_bad_data_before_training(tmp_path, case):
   assert not workdir.exists(), "no output folder for rejected data"
 
 
+def test_bad_folders_are_rejected_before_jax_is_imported(tmp_path):
+  """A wrong --data path fails in about a second: the check runs before the heavy imports."""
+  code = ("import sys\nfrom neuroseg_jax import cli\ntry:\n  cli.main(sys.argv[1:])\n"
+          "except SystemExit as e:\n  print(e.code, 'jax' in sys.modules)")
+  broken = _labeled_folder(tmp_path / "broken", "0 0.1 0.1 0.3\n")
+  for args in (["demo", "--data", tmp_path / "nothing", "--workdir", tmp_path / "run"],
+               ["train", "--data", broken, "--out", tmp_path / "model"]):
+    result = subprocess.run([sys.executable, "-c", code, *map(str, args)],
+                            env={**os.environ, "PYTHONPATH": REPO}, capture_output=True,
+                            text=True, timeout=120, cwd=REPO)
+    assert result.stdout.split() == ["2", "False"], (args[0], result.stdout, result.stderr)
+    assert result.stderr.strip().splitlines()[-1].startswith("error: ")
+
+
 def test_demo_into_a_finished_run_of_other_data_refuses(tmp_path):
   workdir = tmp_path / "run"
   run_folder.claim(str(workdir / "tico"), config_loading.load_config(f"{TOY_CONFIG}"))

@@ -26,6 +26,7 @@ import tifffile
 from tqdm import tqdm
 
 from neuroseg_jax import predictor
+from neuroseg_jax.commands import segment_inputs
 from neuroseg_jax.data import atomic_files
 from neuroseg_jax.data import images
 from neuroseg_jax.data import movie_passes
@@ -38,10 +39,6 @@ from neuroseg_jax.evaluation import figures
 from neuroseg_jax.evaluation import neuron_matching
 from neuroseg_jax.evaluation import yolo_postprocess as post
 
-SUMMARY_SUFFIXES = (".jpg", ".jpeg", ".png")
-MOVIE_SUFFIXES = (".h5", ".hdf5")
-
-
 @dataclasses.dataclass
 class Segmented:
   """What one input produced: its name, neuron count, the files written and the
@@ -50,23 +47,6 @@ class Segmented:
   neurons: int
   files: list[str]
   masks: np.ndarray
-
-
-def is_movie(path: Path) -> bool:
-  """A folder of frames, an HDF5 file or a multipage TIFF; single images are not."""
-  if path.is_dir() or path.suffix.lower() in MOVIE_SUFFIXES:
-    return True
-  if path.suffix.lower() in (".tif", ".tiff"):
-    try:
-      with tifffile.TiffFile(path) as tiff:
-        series = tiff.series[0]
-        return len(series.shape) == 3 and series.shape[-1] not in (3, 4)
-    except Exception as e:  # tifffile raises many types on junk files
-      raise DataError(path, f"not a readable TIFF file ({e})") from e
-  if path.suffix.lower() in SUMMARY_SUFFIXES:
-    return False
-  raise DataError(path, "unknown input type; expected a movie (multipage .tif, .h5, a folder "
-                  "of frames) or a summary image (.tif, .png, .jpg)")
 
 
 def _write_summary(path: str, summary: dict) -> None:
@@ -103,14 +83,11 @@ def segment_input(path: Path, out: Path, model: predictor.NeuronModel, projectio
                   whole_pixel_motion: bool = True) -> Segmented:
   """Segments one input and writes its files; returns what was written."""
   name = path.stem if path.is_file() else path.name
-  if not is_movie(path):
+  if not segment_inputs.is_movie(path):
     image = images.read_summary_image(path)
     return _write_segmentation(out / name, model.predict([image], tta=tta)[0], image,
                                {"image": image})
-  reader_args = {"key": dataset} if dataset else {}
-  movie = movies.open_movie(path, **reader_args)
-  if len(movie) < 2:
-    raise DataError(path, "a movie needs at least 2 frames")
+  movie = segment_inputs.open_input_movie(path, dataset)
   # The bar is closed before an error reaches the command line, so the error is its last line.
   with tqdm(total=2 * len(movie), unit="frame", desc=f"{name} (2 reads)", leave=False,
             disable=not progress) as bar, futures.ThreadPoolExecutor(1) as background:
@@ -157,13 +134,11 @@ def segment(inputs: list[str], out: str, model_name: str = "builtin", projection
             correct_motion: bool = True, write_nwb: bool = False, frame_rate: float = 30.0,
             dataset: str | None = None, progress: bool = True,
             tta: bool = False, whole_pixel_motion: bool = True) -> list[Segmented]:
-  """Checks every input first, then segments each into `out`; returns what was written.
-  Frames are moved back by whole pixels unless `whole_pixel_motion` is False (bilinear;
-  `data/movie_passes.py`)."""
+  """Checks every input first (`segment_inputs.check_inputs`), then segments each into
+  `out`; returns what was written. Frames are moved back by whole pixels unless
+  `whole_pixel_motion` is False (bilinear; `data/movie_passes.py`)."""
+  segment_inputs.check_inputs(inputs, dataset)
   paths = [Path(p) for p in inputs]
-  for path in paths:
-    if not path.exists():
-      raise DataError(path, "no such file or folder")
   if projection not in summary_images.SUMMARY_NAMES:
     raise DataError("--projection", f"unknown summary image {projection!r}; valid choices: "
                     f"{', '.join(summary_images.SUMMARY_NAMES)}")

@@ -59,6 +59,15 @@ def list_yolo_folder(folder) -> list[tuple[str, Path, Path]]:
   return pairs
 
 
+def check_yolo_folder(folder) -> int:
+  """Reads every image and label of a YOLO-layout folder once, so bad data fails (naming
+  the file) before anything is trained; returns the number of labeled images."""
+  examples = list_yolo_folder(folder)
+  for _, image, label in examples:
+    read_yolo_example(image, label)
+  return len(examples)
+
+
 def read_yolo_example(image_path, label_path) -> tuple[np.ndarray, np.ndarray]:
   """One YOLO-layout example -> (image [H, W] float32, masks [N, H, W] bool)."""
   image = read_summary_image(image_path)
