@@ -58,8 +58,11 @@ def labeled_folder(tmp_path_factory):
 
 def test_train_writes_a_model_folder_that_segment_and_evaluate_use(labeled_folder, tmp_path):
   out = tmp_path / "model"
+  # One device: the engine's 8-device path is test_engine's; 8 virtual CPU devices would
+  # add an SPMD compile of the network for nothing the command does differently.
+  one = jax.devices()[:1]
   scores = train_model.train_model(str(labeled_folder), str(out), num_steps=2,
-                                   val_fraction=0.5, scale="n")
+                                   val_fraction=0.5, scale="n", devices=one)
   folder = model_folder.read(str(out))
   assert folder.spec["architecture"]["scale"] == "n"
   assert folder.spec["conf_threshold"] == scores[
@@ -71,7 +74,7 @@ def test_train_writes_a_model_folder_that_segment_and_evaluate_use(labeled_folde
   # Calling it again resumes the finished run instead of training anew.
   steps_before = len((out / "run" / "metrics.jsonl").read_text().splitlines())
   train_model.train_model(str(labeled_folder), str(out), num_steps=2, val_fraction=0.5,
-                          scale="n")
+                          scale="n", devices=one)
   assert len((out / "run" / "metrics.jsonl").read_text().splitlines()) == steps_before
 
   image = next((labeled_folder / "images").iterdir())

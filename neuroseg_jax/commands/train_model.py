@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Sequence
 
 import jax
 import ml_collections
@@ -145,12 +146,13 @@ def recalibrate(model_dir: str, data: str, nms_iou: float, command: str) -> dict
 
 def train_model(data: str, out: str, num_steps: int | None = None, val_fraction: float = 0.0,
                 init: str = "scratch", overwrite: bool = False,
-                command: str = "neuroseg-jax train", scale: str = "s", zoom: int = 1) -> dict:
-  """Trains on `data` (num_steps None: the recipe's), writes the model folder `out`;
-  returns its scores."""
+                command: str = "neuroseg-jax train", scale: str = "s", zoom: int = 1,
+                devices: Sequence[jax.Device] | None = None) -> dict:
+  """Trains on `data` (num_steps None: the recipe's) on `devices` (None: all), writes the
+  model folder `out`; returns its scores."""
   config = recipe_config(data, num_steps, val_fraction, init, scale, zoom=zoom)
   task = tasks.build(config)
-  state = loop.train(task, os.path.join(out, "run"), overwrite=overwrite)
+  state = loop.train(task, os.path.join(out, "run"), devices=devices, overwrite=overwrite)
   variables = jax.tree.map(np.asarray, jax.device_get(
       {"params": state["params"], **state["model_state"]}))
   draft = predictor.NeuronModel(model_folder.ModelFolder(_spec(config, 0.0, 0.0), variables),
