@@ -25,6 +25,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from neuroseg_jax.models import matmul_kernel_grad
 from neuroseg_jax.registry import Registry
 
 Dtype = Any
@@ -44,12 +45,14 @@ def torch_bias_init(fan_in: int) -> Callable:
 def conv2d(features: int, kernel_size: int, *, use_bias: bool, dtype: Dtype,
            name: str | None = None, strides: int = 1,
            bias_init: Callable | None = None) -> nn.Conv:
-  """A square NHWC convolution with PyTorch's "same" padding (kernel // 2) and init."""
+  """A square NHWC convolution with PyTorch's "same" padding (kernel // 2) and init; its
+  kernel gradient is taken as matrix products (`matmul_kernel_grad`)."""
   pad = kernel_size // 2
   return nn.Conv(features, (kernel_size, kernel_size), strides=(strides, strides),
                  padding=((pad, pad), (pad, pad)), use_bias=use_bias, dtype=dtype,
                  param_dtype=jnp.float32, kernel_init=TORCH_CONV_INIT,
-                 bias_init=bias_init or nn.initializers.zeros, name=name)
+                 bias_init=bias_init or nn.initializers.zeros, name=name,
+                 conv_general_dilated=matmul_kernel_grad.conv_general_dilated)
 
 
 class ConvBNAct(nn.Module):
