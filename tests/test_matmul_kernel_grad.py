@@ -79,3 +79,18 @@ def test_bfloat16_compute_keeps_float32_parameters_and_close_gradients():
       lambda p: jnp.sum(jnp.sin(plain.apply({"params": p}, x))))(params)["kernel"]
   np.testing.assert_allclose(ours, reference, rtol=0.05, atol=0.05 * float(
       np.abs(reference).max()))
+
+
+@pytest.mark.parametrize("shape,kernel,strides", [((10, 3), (3, 3, 4), (2,)),
+                                                  ((5, 6, 7, 2), (3, 3, 3, 2, 3), (1, 2, 1))])
+def test_one_and_three_spatial_axes(shape, kernel, strides):
+  rng = np.random.default_rng(3)
+  x = jnp.asarray(rng.normal(size=(2, *shape)), jnp.float32)
+  k = jnp.asarray(rng.normal(size=kernel), jnp.float32)
+  layout = matmul_kernel_grad.channels_last(len(shape) - 1)
+  def loss(conv):
+    return lambda x, k: jnp.sum(jnp.sin(conv(x, k, strides, "SAME", dimension_numbers=layout)))
+  ours = jax.jit(jax.value_and_grad(loss(matmul_kernel_grad.conv_general_dilated), (0, 1)))(x, k)
+  reference = jax.value_and_grad(loss(lax.conv_general_dilated), (0, 1))(x, k)
+  for a, b in zip(jax.tree.leaves(ours), jax.tree.leaves(reference)):
+    np.testing.assert_allclose(a, b, rtol=1e-5, atol=1e-4)
