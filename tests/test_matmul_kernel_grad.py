@@ -70,13 +70,14 @@ def test_other_layouts_go_to_lax_unchanged():
 def test_bfloat16_compute_keeps_float32_parameters_and_close_gradients():
   conv = yolo_blocks.conv2d(6, 3, use_bias=False, dtype=jnp.bfloat16)
   x = jnp.asarray(np.random.default_rng(2).normal(size=(2, 12, 12, 4)), jnp.float32)
-  params = conv.init(jax.random.key(0), x)["params"]
-  grad = jax.grad(lambda p: jnp.sum(jnp.sin(conv.apply({"params": p}, x).astype(jnp.float32))))
+  params = jax.jit(conv.init)(jax.random.key(0), x)["params"]
+  grad = jax.jit(jax.grad(
+      lambda p: jnp.sum(jnp.sin(conv.apply({"params": p}, x).astype(jnp.float32)))))
   ours = grad(params)["kernel"]
   assert ours.dtype == jnp.float32
   plain = yolo_blocks.conv2d(6, 3, use_bias=False, dtype=jnp.float32)
-  reference = jax.grad(
-      lambda p: jnp.sum(jnp.sin(plain.apply({"params": p}, x))))(params)["kernel"]
+  reference = jax.jit(jax.grad(
+      lambda p: jnp.sum(jnp.sin(plain.apply({"params": p}, x)))))(params)["kernel"]
   np.testing.assert_allclose(ours, reference, rtol=0.05, atol=0.05 * float(
       np.abs(reference).max()))
 
