@@ -27,6 +27,8 @@ def _loss(conv, strides, padding, **kwargs):
     ((10, 7), (2, 3), 3, (2, 1), ((0, 2), (1, 0))),   # uneven strides and padding
     ((6, 6), (2, 2), 3, (1, 1), "SAME"),
     ((7, 9), (3, 4), 5, (1, 1), "VALID"),
+    ((11, 13), (3, 4), 5, (3, 2), ((2, 1), (0, 3))),   # kernel not a multiple of the stride
+    ((13, 9), (2, 3), 2, (2, 2), "VALID"),   # the last input row is never read
 ])
 def test_value_and_gradients_equal_lax(size, channels, kernel, strides, padding):
   rng = np.random.default_rng(0)
@@ -41,8 +43,8 @@ def test_value_and_gradients_equal_lax(size, channels, kernel, strides, padding)
 
 
 def test_kernel_gradient_is_a_product_not_a_convolution():
-  """The compiled kernel gradient holds dots and only the forward and input-gradient
-  convolutions (lax's adds a third, batch-as-features convolution)."""
+  """The compiled kernel gradient holds one product (looped over the taps) and only the
+  forward and input-gradient convolutions (lax's adds a third, batch-as-features one)."""
   x = jnp.zeros((2, 16, 16, 8), jnp.float32)
   k = jnp.zeros((3, 3, 8, 8), jnp.float32)
   def count(conv):
@@ -50,7 +52,18 @@ def test_kernel_gradient_is_a_product_not_a_convolution():
     text = grad.lower(x, k).as_text()
     return text.count("stablehlo.convolution"), text.count("stablehlo.dot_general")
   assert count(lax.conv_general_dilated) == (2, 0)
-  assert count(matmul_kernel_grad.conv_general_dilated) == (1, 9)
+  assert count(matmul_kernel_grad.conv_general_dilated) == (1, 1)
+
+
+def test_taps_are_copied_one_at_a_time():
+  """A 5 x 5 kernel gradient's temporaries hold about three copies of the input (the
+  padded input, dy in its frame, one tap's rows), not one per tap (25)."""
+  x = jnp.zeros((2, 64, 64, 16), jnp.float32)
+  dy = jnp.zeros((2, 64, 64, 16), jnp.float32)
+  gradient = jax.jit(lambda x, dy: matmul_kernel_grad.kernel_gradient(
+      x, dy, (5, 5, 16, 16), (1, 1), ((2, 2), (2, 2))))
+  temporaries = gradient.lower(x, dy).compile().memory_analysis().temp_size_in_bytes
+  assert temporaries < 4 * x.nbytes
 
 
 def test_other_layouts_go_to_lax_unchanged():

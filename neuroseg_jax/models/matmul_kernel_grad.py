@@ -12,28 +12,32 @@ channels and an Ho x Wo window, which runs far below the CPU's matrix speed: on 
 Here the kernel gradient is written as what it is, a sum over positions: for tap
 (i, j) of a 2-D kernel with strides (sh, sw) on the padded input xp,
   dK[i, j] = sum over b, y, x of  xp[b, sh*y + i, sw*x + j, :]^T  dy[b, y, x, :]
-one [Cin, N] x [N, Cout] matrix product per tap (N = B * Ho * Wo; likewise for 1-D and
-3-D). The forward pass and the input gradient stay XLA's own; the values are the
-same up to the order of float summation. `conv_general_dilated` has
-`lax.conv_general_dilated`'s signature (flax's `nn.Conv(conv_general_dilated=...)`)
-and takes this path for channels-last inputs [B, *spatial, Cin] with [*window, Cin,
-Cout] kernels, explicit non-negative padding (or "SAME"/"VALID"), no dilation and one
-feature group; anything else goes to `lax.conv_general_dilated` unchanged.
+one [Cin, N] x [N, Cout] matrix product per tap (likewise for 1-D and 3-D). Split into
+its stride phases and flattened, xp gives every tap's operand as a contiguous block of
+rows, so the taps loop over one block copy at a time (`kernel_gradient`). The forward
+pass and the input gradient stay XLA's own; the values are the same up to the order of
+float summation. `conv_general_dilated` has `lax.conv_general_dilated`'s signature
+(flax's `nn.Conv(conv_general_dilated=...)`) and takes this path for channels-last
+inputs [B, *spatial, Cin] with [*window, Cin, Cout] kernels, explicit non-negative
+padding (or "SAME"/"VALID"), no dilation and one feature group; anything else goes to
+`lax.conv_general_dilated` unchanged.
 
 Measured on that CPU (RESULTS.md): a NeuroSeg-III forward + backward at 512 px took
-45.4 -> 15.6 s for 8 images and 7.4 -> 3.3 s for 2, with XLA's temporaries at 3.17 ->
-4.96 GiB and 0.80 -> 1.24 GiB. The EM U-Net's step (8 crops of 128 px) did not gain
-(1.04-1.09 s against 1.10-1.14 s), so `conv_blocks` keeps lax's gradient.
+45.4 s for 8 images with lax's gradient, 15.6 s with one strided copy per tap held
+together, and 12.4-14.0 s with the taps looped over row blocks; XLA's temporaries were
+3.17, 4.96 and 3.23 GiB.
 """
 
 from __future__ import annotations
 
 import functools
 import itertools
+import math
 from typing import Sequence
 
 import jax
 import jax.numpy as jnp
+import numpy as np
 from jax import lax
 
 
@@ -51,24 +55,65 @@ def _forward(x: jax.Array, kernel: jax.Array, strides: tuple[int, ...],
                                   dimension_numbers=channels_last(x.ndim - 2))
 
 
+def _phase_rows(x: jax.Array, padding: tuple[tuple[int, int], ...],
+                strides: tuple[int, ...], frame: Sequence[int]) -> jax.Array:
+  """The padded input split into its stride phases, as rows [prod(s) * B * prod(Q), Cin].
+
+  x: [B, *spatial, Cin]. Each spatial axis is padded (or cropped at its high end) to
+  s * Q and split as q * s + u; phase u holds the positions u, u + s, u + 2s, ... of
+  that axis. Phases lead, then the batch and the Q-frame in row-major order. With unit
+  strides this is the padded input itself, flattened.
+  """
+  rank = x.ndim - 2
+  config = [(0, 0, 0)] + [(lo, s * q - n - lo, 0) for (lo, _), s, q, n in
+                          zip(padding, strides, frame, x.shape[1:-1])] + [(0, 0, 0)]
+  padded = lax.pad(x, jnp.zeros((), x.dtype), config)
+  if all(s == 1 for s in strides):
+    return padded.reshape(-1, x.shape[-1])
+  split = padded.reshape(x.shape[0], *itertools.chain(*zip(frame, strides)), x.shape[-1])
+  phases_first = ([2 + 2 * axis for axis in range(rank)] + [0]
+                  + [1 + 2 * axis for axis in range(rank)] + [2 * rank + 1])
+  return split.transpose(phases_first).reshape(-1, x.shape[-1])
+
+
 def kernel_gradient(x: jax.Array, dy: jax.Array, kernel_shape: Sequence[int],
                     strides: tuple[int, ...],
                     padding: tuple[tuple[int, int], ...]) -> jax.Array:
   """Gradient of sum(conv(x, K) * dy) with respect to K [*window, Cin, Cout], float32.
 
-  x: [B, *spatial, Cin]; dy: [B, *out_spatial, Cout]; one matrix product per tap.
+  x: [B, *spatial, Cin]; dy: [B, *out_spatial, Cout]. Kernel tap o = s * a + u (per
+  axis) reads phase u of the padded input (`_phase_rows`) shifted by a. Placing dy at
+  the origin of a zero frame of the phases' shape Q = out + ceil(K / s) - 1 turns every
+  tap's shift into one offset along the flattened rows, so each tap is a product of a
+  contiguous row block [N, Cin] with the same dy rows [N, Cout], N = B * prod(Q) minus
+  the largest shift. The taps run one after another (`lax.map`), so one block is copied
+  at a time whatever the kernel size.
   """
   *window, cin, cout = kernel_shape
-  padded = jnp.pad(x, ((0, 0), *padding, (0, 0)))
-  positions = tuple(range(dy.ndim - 1))  # batch and spatial axes, summed over
+  batch, out = dy.shape[0], dy.shape[1:-1]
+  reach = [-(-k // s) for k, s in zip(window, strides)]
+  frame = [o + a - 1 for o, a in zip(out, reach)]
+  row_strides = [math.prod(frame[axis + 1:]) for axis in range(len(frame))]
+  rows = batch * math.prod(frame)
+  used = rows - sum((a - 1) * step for a, step in zip(reach, row_strides))
 
-  taps = []
-  for offset in itertools.product(*map(range, window)):
-    limit = [o + s * (n - 1) + 1 for o, s, n in zip(offset, strides, dy.shape[1:-1])]
-    shifted = lax.slice(padded, (0, *offset, 0), (x.shape[0], *limit, cin), (1, *strides, 1))
-    taps.append(lax.dot_general(shifted, dy, ((positions, positions), ((), ())),
-                                preferred_element_type=jnp.float32))
-  return jnp.stack(taps).reshape(*window, cin, cout)
+  phases = _phase_rows(x, padding, strides, frame)
+  dy_rows = jnp.pad(dy, ((0, 0), *[(0, q - o) for q, o in zip(frame, out)], (0, 0)))
+  dy_rows = dy_rows.reshape(rows, cout)[:used]
+  offsets = []
+  for tap in itertools.product(*map(range, window)):
+    phase = np.ravel_multi_index([t % s for t, s in zip(tap, strides)], strides)
+    shift = sum((t // s) * step for t, s, step in zip(tap, strides, row_strides))
+    offsets.append(int(phase) * rows + shift)
+
+  def product(offset):
+    block = lax.dynamic_slice_in_dim(phases, offset, used, axis=0)
+    return lax.dot_general(block, dy_rows, (((0,), (0,)), ((), ())),
+                           preferred_element_type=jnp.float32)
+
+  if len(offsets) == 1:
+    return product(offsets[0]).reshape(*window, cin, cout)
+  return lax.map(product, jnp.asarray(offsets, jnp.int32)).reshape(*window, cin, cout)
 
 
 @functools.partial(jax.custom_vjp, nondiff_argnums=(2, 3))
