@@ -41,7 +41,10 @@ persistent compilation cache: a variant's first run compiles (the peak includes
 compilation), and a later run of it (--rounds 2, or another invocation) loads the
 compiled step (compile seconds near 0), so its peak is the step's own plus the
 runtime's. The last lines give each variant's best images/s and its ratio to the
-first variant's.
+first variant's, and the ceiling that this CPU's matrix speed sets on any step of
+this network (`matmul_bound`: the step's arithmetic, about 3 x the forward pass's
+FLOPs, over the float32 matrix-product rate measured in each JAX run; PyTorch's step
+does the same arithmetic) with each variant's share of it.
 """
 
 from __future__ import annotations
@@ -78,6 +81,25 @@ def _resident_gib() -> float:
   with open("/proc/self/status") as f:
     kib = next(int(line.split()[1]) for line in f if line.startswith("VmRSS:"))
   return kib / 2**20
+
+
+def matmul_bound(model, size: int) -> dict:
+  """This CPU's ceiling for a training step of `model` at `size` px: GFLOP per image (3
+  x the forward pass's in XLA's count: forward, input gradient, kernel gradient) and
+  float32 matrix-product GFLOP/s (2048^3 products in JAX, best of 5)."""
+  import jax  # pylint: disable=import-outside-toplevel
+  import jax.numpy as jnp  # pylint: disable=import-outside-toplevel
+
+  from experiments import benchmark_yolo_seg as bench  # pylint: disable=import-outside-toplevel
+  variables = bench.init_variables(model)
+  forward = jax.jit(lambda v, x: model.apply(v, x, train=False)).lower(
+      variables, jnp.zeros((1, size, size, 3), jnp.float32)).cost_analysis()
+  forward = forward[0] if isinstance(forward, list) else forward
+  a = jnp.asarray(np.random.default_rng(0).normal(size=(2048, 2048)), jnp.float32)
+  product = jax.jit(lambda a: a @ a)
+  seconds = min(bench.seconds_per_call(lambda: product(a), 1, 1) for _ in range(5))
+  return {"step_gflop_per_image": 3 * forward["flops"] / 1e9,
+          "matmul_gflop_s": 2 * 2048**3 / seconds / 1e9}
 
 
 def run_variant(args) -> dict:
@@ -131,7 +153,8 @@ def run_variant(args) -> dict:
     return metrics["loss"]
 
   seconds = bench.seconds_per_call(call_step, args.warmup, args.iters)
-  return {"mask_window": args.mask_window, "grad_accum": args.grad_accum, "form": args.form,
+  bound = matmul_bound(task.model, args.size)
+  return {**bound, "mask_window": args.mask_window, "grad_accum": args.grad_accum, "form": args.form,
           "malloc": args.malloc, "malloc_applied": kept,
           "images_per_s": args.batch / seconds, "step_s": seconds,
           "compile_s": compile_seconds, "cpu_s_all": time.process_time() - cpu_start,
@@ -222,10 +245,20 @@ def main():
       print(_row(variant, r), flush=True)
   best = {v: max(r["images_per_s"] for rv, r in results if rv == v) for v in variants}
   references = [v for v in variants if v[0] == "torch"]
+  bounds = [r for v, r in results if v[0] != "torch"]
+  ceiling = None
+  if bounds:  # the same network in every variant and in the replica
+    gflop = bounds[0]["step_gflop_per_image"]
+    rate = max(r["matmul_gflop_s"] for r in bounds)
+    ceiling = rate / gflop
+    print(f"Matrix-product ceiling: {gflop:.1f} GFLOP per image (3 x the forward pass) at this "
+          f"CPU's {rate:.1f} GFLOP/s (float32 2048^3 products, best of the runs) = "
+          f"{ceiling:.3f} images/s")
   for variant, value in best.items():
     ratios = [f"{value / best[v]:.2f}x the replica at batch {v[1]}" for v in references]
+    share = f", {value / ceiling:.0%} of the ceiling" if ceiling else ""
     print(f"{_label(variant)}: best {value:.3f} images/s, {value / best[variants[0]]:.2f}x the first "
-          f"variant" + "".join(f", {ratio}" for ratio in ratios))
+          f"variant" + "".join(f", {ratio}" for ratio in ratios) + share)
 
 
 if __name__ == "__main__":
