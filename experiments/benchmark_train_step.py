@@ -154,8 +154,8 @@ def run_variant(args) -> dict:
 
   seconds = bench.seconds_per_call(call_step, args.warmup, args.iters)
   bound = matmul_bound(task.model, args.size)
-  return {**bound, "mask_window": args.mask_window, "grad_accum": args.grad_accum, "form": args.form,
-          "malloc": args.malloc, "malloc_applied": kept,
+  return {**bound, "mask_window": args.mask_window, "grad_accum": args.grad_accum,
+          "form": args.form, "malloc": args.malloc, "malloc_applied": kept,
           "images_per_s": args.batch / seconds, "step_s": seconds,
           "compile_s": compile_seconds, "cpu_s_all": time.process_time() - cpu_start,
           "loss": float(call_step()), "xla_gib": xla_gib,

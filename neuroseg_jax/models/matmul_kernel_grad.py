@@ -25,9 +25,9 @@ padding (or "SAME"/"VALID"), no dilation and one feature group; anything else go
 Measured on that CPU (RESULTS.md): a NeuroSeg-III forward + backward at 512 px took
 45.4 s for 8 images with lax's gradient, 15.6 s with one strided copy per tap held
 together, and 12.4-14.0 s with the taps looped over row blocks; XLA's temporaries were
-3.17, 4.96 and 3.23 GiB. The EM steps (8 crops of 128 px) do not gain: the U-Net's takes 1.09-1.14 s against
-1.12-1.18 s with lax's gradient, UNETR's 1.19-1.26 s against 1.05-1.18 s, so
-`conv_blocks` keeps lax's gradient.
+3.17, 4.96 and 3.23 GiB. The EM steps (8 crops of 128 px) do not gain: the U-Net's
+takes 1.09-1.14 s against 1.12-1.18 s with lax's gradient, UNETR's 1.19-1.26 s against
+1.05-1.18 s, so `conv_blocks` keeps lax's gradient.
 """
 
 from __future__ import annotations
