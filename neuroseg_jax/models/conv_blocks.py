@@ -50,8 +50,37 @@ class ConvBlock(nn.Module):
     return x
 
 
+class ConvTranspose(nn.Module):
+  """Transposed convolution whose kernel equals its stride: [B, *S, C] -> [B, *(S * s), features].
+
+  The windows do not overlap, so it is one matrix product: for output position
+  s * y + t along each axis, out[b, s * y + t, o] = bias[o] + sum_c x[b, y, c] *
+  kernel[s - 1 - t, c, o]. Parameters, their names, initialisers and this kernel
+  orientation are those of flax's `nn.ConvTranspose(features, s, strides=s,
+  padding="VALID")`, so checkpoints load either way. XLA computes flax's layer as a
+  convolution over the dilated input, whose kernel gradient it runs as a slow
+  base-dilated convolution on the CPU (a third of a UNETR step, RESULTS.md); here every
+  part is a product. kernel: [*s, C, features].
+  """
+  features: int
+  stride: tuple[int, ...]
+  dtype: Any = jnp.float32
+
+  @nn.compact
+  def __call__(self, x: jax.Array) -> jax.Array:
+    rank = spatial_rank(x)
+    kernel = self.param("kernel", nn.initializers.lecun_normal(),
+                        (*self.stride, x.shape[-1], self.features), jnp.float32)
+    bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
+    flipped = jnp.flip(kernel, axis=tuple(range(rank))).astype(self.dtype)
+    y = jnp.tensordot(x.astype(self.dtype), flipped, axes=([rank + 1], [rank]))  # [B, *S, *s, F]
+    interleaved = [0] + [a for axis in range(rank) for a in (1 + axis, 1 + rank + axis)]
+    y = y.transpose(*interleaved, 2 * rank + 1)                 # [B, S1, s1, S2, s2, ..., F]
+    size = [n * s for n, s in zip(x.shape[1:-1], self.stride)]
+    return y.reshape(x.shape[0], *size, self.features) + bias.astype(self.dtype)
+
+
 def upsample(features: int, stride: Sequence[int], dtype, name: str | None = None
-             ) -> nn.ConvTranspose:
+             ) -> ConvTranspose:
   """Transposed conv with kernel = stride: [B, *s, C] -> [B, *(s * stride), features]."""
-  return nn.ConvTranspose(features, tuple(stride), strides=tuple(stride), padding="VALID",
-                          dtype=dtype, name=name)
+  return ConvTranspose(features, tuple(stride), dtype=dtype, name=name)
