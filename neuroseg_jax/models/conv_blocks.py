@@ -50,17 +50,29 @@ class ConvBlock(nn.Module):
     return x
 
 
+def unfold_product(x: jax.Array, kernel: jax.Array) -> jax.Array:
+  """out[b, s * y + t, o] = sum_c x[b, y, c] kernel[t, c, o] along every spatial axis.
+
+  x: [B, *S, C]; kernel: [*s, C, O] -> [B, *(S * s), O]. A transposed convolution whose
+  windows do not overlap (kernel = stride), as one matrix product and a reshape.
+  """
+  rank = spatial_rank(x)
+  y = jnp.tensordot(x, kernel, axes=([rank + 1], [rank]))        # [B, *S, *s, O]
+  interleaved = [0] + [a for axis in range(rank) for a in (1 + axis, 1 + rank + axis)]
+  y = y.transpose(*interleaved, 2 * rank + 1)                    # [B, S1, s1, S2, s2, ..., O]
+  size = [n * s for n, s in zip(x.shape[1:-1], kernel.shape[:rank])]
+  return y.reshape(x.shape[0], *size, kernel.shape[-1])
+
+
 class ConvTranspose(nn.Module):
   """Transposed convolution whose kernel equals its stride: [B, *S, C] -> [B, *(S * s), features].
 
-  The windows do not overlap, so it is one matrix product: for output position
-  s * y + t along each axis, out[b, s * y + t, o] = bias[o] + sum_c x[b, y, c] *
-  kernel[s - 1 - t, c, o]. Parameters, their names, initialisers and this kernel
-  orientation are those of flax's `nn.ConvTranspose(features, s, strides=s,
-  padding="VALID")`, so checkpoints load either way. XLA computes flax's layer as a
-  convolution over the dilated input, whose kernel gradient it runs as a slow
-  base-dilated convolution on the CPU (a third of a UNETR step, RESULTS.md); here every
-  part is a product. kernel: [*s, C, features].
+  flax's `nn.ConvTranspose(features, s, strides=s, padding="VALID")` with the same
+  parameters, names, initialisers and kernel orientation (flipped: output s * y + t
+  reads kernel[s - 1 - t]), so checkpoints load either way, computed by
+  `unfold_product`. XLA computes flax's layer as a convolution over the dilated input,
+  whose kernel gradient it runs as a slow base-dilated convolution on the CPU (a third
+  of a UNETR step, RESULTS.md). kernel: [*s, C, features].
   """
   features: int
   stride: tuple[int, ...]
@@ -68,16 +80,12 @@ class ConvTranspose(nn.Module):
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    rank = spatial_rank(x)
     kernel = self.param("kernel", nn.initializers.lecun_normal(),
                         (*self.stride, x.shape[-1], self.features), jnp.float32)
     bias = self.param("bias", nn.initializers.zeros_init(), (self.features,), jnp.float32)
-    flipped = jnp.flip(kernel, axis=tuple(range(rank))).astype(self.dtype)
-    y = jnp.tensordot(x.astype(self.dtype), flipped, axes=([rank + 1], [rank]))  # [B, *S, *s, F]
-    interleaved = [0] + [a for axis in range(rank) for a in (1 + axis, 1 + rank + axis)]
-    y = y.transpose(*interleaved, 2 * rank + 1)                 # [B, S1, s1, S2, s2, ..., F]
-    size = [n * s for n, s in zip(x.shape[1:-1], self.stride)]
-    return y.reshape(x.shape[0], *size, self.features) + bias.astype(self.dtype)
+    flipped = jnp.flip(kernel, axis=tuple(range(spatial_rank(x))))
+    return (unfold_product(x.astype(self.dtype), flipped.astype(self.dtype))
+            + bias.astype(self.dtype))
 
 
 def upsample(features: int, stride: Sequence[int], dtype, name: str | None = None

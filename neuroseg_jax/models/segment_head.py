@@ -14,6 +14,7 @@ import flax.linen as nn
 import jax
 import jax.numpy as jnp
 
+from neuroseg_jax.models.conv_blocks import unfold_product
 from neuroseg_jax.models.yolo_blocks import TORCH_CONV_INIT, ConvBNAct, conv2d, torch_bias_init
 from neuroseg_jax.models.box_geometry import REG_MAX, STRIDES
 
@@ -25,18 +26,17 @@ class TransposedConv2x2(nn.Module):
 
   [B, H, W, Cin] -> [B, 2H, 2W, features]; the kernels do not overlap, so
   out[b, 2i + di, 2j + dj, o] = bias[o] + sum_c x[b, i, j, c] kernel[di, dj, c, o].
-  `kernel` is [2, 2, Cin, features] (PyTorch's [Cin, features, 2, 2] transposed).
+  `kernel` is [2, 2, Cin, features] (PyTorch's [Cin, features, 2, 2] transposed);
+  computed by `conv_blocks.unfold_product`.
   """
   features: int
   dtype: Dtype = jnp.float32
 
   @nn.compact
   def __call__(self, x: jax.Array) -> jax.Array:
-    batch, height, width, channels = x.shape
-    kernel = self.param("kernel", TORCH_CONV_INIT, (2, 2, channels, self.features), jnp.float32)
+    kernel = self.param("kernel", TORCH_CONV_INIT, (2, 2, x.shape[-1], self.features), jnp.float32)
     bias = self.param("bias", torch_bias_init(4 * self.features), (self.features,), jnp.float32)
-    y = jnp.einsum("bhwc,ijco->bhiwjo", x.astype(self.dtype), kernel.astype(self.dtype))
-    return y.reshape(batch, 2 * height, 2 * width, self.features) + bias.astype(self.dtype)
+    return unfold_product(x.astype(self.dtype), kernel.astype(self.dtype)) + bias.astype(self.dtype)
 
 
 class Proto(nn.Module):
