@@ -1,4 +1,5 @@
-"""Convolution blocks shared by the convolutional decoders (UNETR) and the U-Net.
+"""Convolution blocks shared by the convolutional decoders (UNETR) and the U-Net;
+`unfold_product` also computes the YOLO prototype upsample (`segment_head`).
 
 Every block works on 2-D images [B, H, W, C] and 3-D volumes [B, D, H, W, C] alike:
 kernels are 3 (or the given stride) along every spatial axis of the input.
