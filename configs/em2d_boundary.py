@@ -117,6 +117,7 @@ def get_config(arg: str | None = None) -> ml_collections.ConfigDict:
       "min_seed_sizes": (8, 32) if args.smoke else (8, 32, 128),
       "smoothings": (0.0, 1.0) if args.smoke else (0.0, 1.0, 2.0),
       "seed_erosions": (0.0, 2.0) if args.smoke else (0.0, 2.0, 4.0),
+      "seed_quantiles": (),    # e.g. (0.3, 0.5, 0.7): seeds below that share of each slice
       "merge_thresholds": (0.0, 0.2, 0.3, 0.4, 0.5, 0.6, 0.7, 0.8) if args.merge else (0.0,),
       "tune_slices": args.tune_slices,
       "match_noise": args.match_noise,

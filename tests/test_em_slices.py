@@ -117,6 +117,41 @@ def test_tuning_on_several_threads_gives_the_one_thread_table(monkeypatch):
   assert tuned[1][1] == tuned[3][1] and len(tuned[1][1]) == 10  # 8 seeded + 2 agglomerated
 
 
+def test_quantile_seeds_ignore_how_the_map_is_calibrated():
+  labels = grid_cells(depth=2)
+  rng = np.random.default_rng(3)
+  boundary = np.clip(em_slice_crops.boundary_map(labels) * 0.7 + rng.uniform(0, 0.3, labels.shape),
+                     0, 1).astype(np.float32)
+  squashed = 0.35 + 0.5 * boundary  # the same ranking of pixels, every value above 0.3
+  by_share = ss.WatershedParams(0.0, 4, 0.0, 0.0, seed_quantile=0.5)
+  np.testing.assert_array_equal(ss.watershed_slices(boundary, by_share),
+                                ss.watershed_slices(squashed, by_share))
+  by_value = ss.WatershedParams(0.3, 4, 0.0, 0.0)
+  assert ss.slice_scores(labels, ss.watershed_slices(boundary, by_value))["arand"].max() < 0.01
+  assert ss.slice_scores(labels, ss.watershed_slices(squashed, by_value))["arand"].min() > 0.8
+  # A quantile is the absolute threshold at that share of the slice's values.
+  level = float(np.quantile(boundary[0], 0.5))
+  np.testing.assert_array_equal(ss.watershed_slices(boundary[:1], by_share),
+                                ss.watershed_slices(boundary[:1], ss.WatershedParams(level, 4, 0.0)))
+
+
+def test_tuning_over_seed_quantiles_matches_direct_evaluation():
+  labels = grid_cells(depth=2)
+  rng = np.random.default_rng(4)
+  boundary = np.clip(em_slice_crops.boundary_map(labels) * 0.7 + rng.uniform(0, 0.3, labels.shape),
+                     0, 1).astype(np.float32)
+  grid = ss.WatershedGrid(seed_threshold=(0.2,), min_seed_size=(1, 20), smoothing=(1.0,),
+                          seed_erosion=(0.0,), seed_quantile=(0.1, 0.5, 0.9))
+  best, table = ss.tune_watershed(boundary, labels, grid)
+  direct = {p: ss.mean_scores(ss.slice_scores(labels, ss.watershed_slices(boundary, p)))["arand"]
+            for p in grid}
+  assert set(table) == set(direct) and len(table) == 8  # 2 absolute + 6 quantile
+  assert sum(p.seed_quantile > 0 for p in table) == 6
+  for params, value in direct.items():
+    assert table[params] == pytest.approx(value, abs=1e-12)
+  assert best == min(direct, key=direct.get)
+
+
 def test_agglomeration_merges_across_a_faint_edge_but_not_across_membrane():
   labels = np.zeros((1, 24, 40), np.uint32)
   labels[0, 2:22, 2:19], labels[0, 2:22, 21:38] = 1, 2

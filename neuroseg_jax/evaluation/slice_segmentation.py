@@ -3,7 +3,10 @@
 With 50 nm sections and 4 nm pixels, cells are segmented slice by slice: a boundary
 map [D, H, W] (1 = membrane) becomes instances in each slice by a seeded watershed
 (`watershed_slices`): the map is smoothed by a Gaussian of `smoothing` px, the seed
-mask `smoothed < seed_threshold` is eroded by `seed_erosion` px (kept where its
+mask `smoothed < seed_threshold` (or, with `seed_quantile` > 0, below that quantile of
+the slice's smoothed values: a share of the slice rather than a probability, so that a
+choice made on one network's maps carries over to a network calibrated differently)
+is eroded by `seed_erosion` px (kept where its
 Euclidean distance to the mask's outside exceeds it: a thin bridge through a gap in
 a faint membrane breaks, so two cells do not share one seed), seeds are its
 4-connected components with at least `min_seed_size` px, and the watershed floods
@@ -52,6 +55,8 @@ class WatershedParams:
   smoothing: float = 1.0       # Gaussian sigma (px) applied to the boundary map first
   seed_erosion: float = 0.0    # px; the seed mask keeps points farther than this from its edge
   merge_threshold: float = 0.0  # > 0: agglomerate while an edge's median boundary is below
+  seed_quantile: float = 0.0   # > 0: per slice, the seed threshold is this quantile of the
+                               # smoothed map (seed_threshold unused, stored as 0)
 
 
 @dataclasses.dataclass(frozen=True)
@@ -62,14 +67,19 @@ class WatershedGrid:
   smoothing: Sequence[float] = (0.0, 1.0, 2.0)
   seed_erosion: Sequence[float] = (0.0, 2.0, 4.0)
   merge_threshold: Sequence[float] = (0.0,)  # 0 = the seeded watershed; > 0 agglomeration
+  seed_quantile: Sequence[float] = ()  # seeded watersheds thresholded at per-slice quantiles
 
   def __iter__(self) -> Iterable[WatershedParams]:
-    """Every seeded-watershed combination (if 0 is a merge threshold), then every
-    (smoothing, merge threshold > 0) with the seed fields 0."""
+    """Every seeded-watershed combination (if 0 is a merge threshold), then the same
+    with quantile thresholds, then every (smoothing, merge threshold > 0) with the seed
+    fields 0."""
     if 0 in self.merge_threshold:
       for s, t, e, m in itertools.product(self.smoothing, self.seed_threshold,
                                           self.seed_erosion, self.min_seed_size):
         yield WatershedParams(t, m, s, e)
+      for s, q, e, m in itertools.product(self.smoothing, self.seed_quantile,
+                                          self.seed_erosion, self.min_seed_size):
+        yield WatershedParams(0.0, m, s, e, seed_quantile=q)
     for s, g in itertools.product(self.smoothing, [g for g in self.merge_threshold if g > 0]):
       yield WatershedParams(0.0, 0, s, 0.0, g)
 
@@ -87,6 +97,14 @@ def seed_distance(elevation: np.ndarray, seed_threshold: float) -> np.ndarray:
   """[H, W] Euclidean distance of each point of the seed mask (elevation < threshold) to
   the mask's outside; 0 outside. `> seed_erosion` is the eroded mask."""
   return ndimage.distance_transform_edt(elevation < seed_threshold)
+
+
+def slice_seed_threshold(elevation: np.ndarray, params: WatershedParams) -> float:
+  """The seed threshold of one smoothed slice [H, W]: params.seed_threshold, or the
+  params.seed_quantile quantile of the slice's values."""
+  if params.seed_quantile > 0:
+    return float(np.quantile(elevation, params.seed_quantile))
+  return params.seed_threshold
 
 
 def watershed_from_seed_mask(elevation: np.ndarray, seed_mask: np.ndarray,
@@ -134,7 +152,8 @@ def watershed_slices(boundary, params: WatershedParams = WatershedParams()) -> n
     if params.merge_threshold > 0:
       labels = next(agglomerate(elevation, [params.merge_threshold]))[1]
     else:
-      seed_mask = seed_distance(elevation, params.seed_threshold) > params.seed_erosion
+      seed_mask = seed_distance(elevation, slice_seed_threshold(elevation, params)
+                                ) > params.seed_erosion
       labels = watershed_from_seed_mask(elevation, seed_mask, params.min_seed_size)
     out[z] = labels + np.uint32(offset)
     offset += int(labels.max())
@@ -164,17 +183,20 @@ def _slice_table(boundary_slice: np.ndarray, gt_slice: np.ndarray, grid: Watersh
                  ) -> dict[WatershedParams, float]:
   """{params: adapted Rand error} of one [H, W] slice for every combination of `grid`.
   The slice is smoothed once per smoothing value and its seed distances computed once per
-  threshold."""
+  threshold or quantile."""
   merges = [t for t in grid.merge_threshold if t > 0]
+  seeded = [WatershedParams(t, 0, 0.0, 0.0) for t in grid.seed_threshold] + [
+      WatershedParams(0.0, 0, 0.0, 0.0, seed_quantile=q) for q in grid.seed_quantile]
   table: dict[WatershedParams, float] = {}
   for sigma in grid.smoothing:
     elevation = smooth(boundary_slice, sigma)
-    for threshold in grid.seed_threshold if 0 in grid.merge_threshold else ():
-      distance = seed_distance(elevation, threshold)
+    for base in seeded if 0 in grid.merge_threshold else ():
+      distance = seed_distance(elevation, slice_seed_threshold(elevation, base))
       for erosion, min_seed in itertools.product(grid.seed_erosion, grid.min_seed_size):
         seg = watershed_from_seed_mask(elevation, distance > erosion, min_seed)
-        table[WatershedParams(threshold, min_seed, sigma, erosion)] = (
-            em_metrics.adapted_rand(gt_slice, seg)["arand"])
+        params = dataclasses.replace(base, min_seed_size=min_seed, smoothing=sigma,
+                                     seed_erosion=erosion)
+        table[params] = em_metrics.adapted_rand(gt_slice, seg)["arand"]
     for merge, seg in agglomerate(elevation, merges) if merges else ():
       table[WatershedParams(0.0, 0, sigma, 0.0, merge)] = em_metrics.adapted_rand(
           gt_slice, seg)["arand"]

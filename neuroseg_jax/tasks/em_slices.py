@@ -200,4 +200,5 @@ def watershed_grid(eval_config) -> slice_segmentation.WatershedGrid:
       seed_threshold=tuple(eval_config.seed_thresholds),
       min_seed_size=tuple(eval_config.min_seed_sizes),
       smoothing=tuple(eval_config.smoothings), seed_erosion=tuple(eval_config.seed_erosions),
-      merge_threshold=tuple(eval_config.merge_thresholds))
+      merge_threshold=tuple(eval_config.merge_thresholds),
+      seed_quantile=tuple(eval_config.seed_quantiles))
