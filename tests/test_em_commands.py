@@ -81,7 +81,7 @@ def test_train_em_then_segment_em(membrane_data, tmp_path, capsys):
                           for z in (0, 1)])
   assert spec["noise_level"] == pytest.approx(noise_matching.stack_noise_level(train_stack))
   assert set(spec["watershed"]) == {"seed_threshold", "min_seed_size", "smoothing", "seed_erosion",
-                                    "merge_threshold"}
+                                    "merge_threshold", "seed_quantile"}
   assert spec["scores"]["train_slices"] == "0-1" and spec["scores"]["val_slices"] == "3"
   assert spec["scores"]["tune_slices"] == "2"
   assert 0.0 <= spec["scores"]["val_arand"] <= 1.0
