@@ -1,7 +1,7 @@
 """ISBI study rows: how much the choice of watershed parameters moves a run's score.
 
   python -m experiments.em_tuning_rules --out DIR --rows unetr:15:0 unetr_mae:15:0 ...
-      [--seed-quantiles 0.2 0.3 0.4 0.5 0.6 0.7 0.8]
+      [--seed-quantiles 0.2 0.3 0.4 0.5 0.6 0.7]
 
 For finished network rows of `experiments/em_isbi_study.py --out DIR` (METHOD:LABELED:SEED,
 run folder DIR/METHOD_nLABELED_sSEED, with its fold runs DIR/..._fold{k} when the study ran
@@ -13,8 +13,8 @@ table gives slices 15-19's mean adapted Rand error with each pick, and the oracl
 best on 15-19 itself, a bound). With --seed-quantiles the grid also holds seeded
 watersheds thresholded at those quantiles of each slice, and the rules are repeated
 over them alone ("quantile"); the other rules and the oracle keep the config's
-absolute thresholds, so their values do not change. Writes DIR/tuning_rules.json (one entry per row; rows
-already there are not computed again) and prints a Markdown table.
+absolute thresholds, so their values do not change. Writes DIR/tuning_rules.json (one
+entry per row; rows already there are not computed again) and prints a Markdown table.
 """
 
 from __future__ import annotations

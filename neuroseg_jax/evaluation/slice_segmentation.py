@@ -4,9 +4,9 @@ With 50 nm sections and 4 nm pixels, cells are segmented slice by slice: a bound
 map [D, H, W] (1 = membrane) becomes instances in each slice by a seeded watershed
 (`watershed_slices`): the map is smoothed by a Gaussian of `smoothing` px, the seed
 mask `smoothed < seed_threshold` (or, with `seed_quantile` > 0, below that quantile of
-the slice's smoothed values: a share of the slice rather than a probability, so that a
-choice made on one network's maps carries over to a network calibrated differently)
-is eroded by `seed_erosion` px (kept where its
+the slice's smoothed values: a share of the slice rather than a probability, which does
+not depend on how the network is calibrated; on ISBI 2012 it did not choose better,
+docs/RESULTS.md) is eroded by `seed_erosion` px (kept where its
 Euclidean distance to the mask's outside exceeds it: a thin bridge through a gap in
 a faint membrane breaks, so two cells do not share one seed), seeds are its
 4-connected components with at least `min_seed_size` px, and the watershed floods
