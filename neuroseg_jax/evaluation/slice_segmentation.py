@@ -69,17 +69,20 @@ class WatershedGrid:
   merge_threshold: Sequence[float] = (0.0,)  # 0 = the seeded watershed; > 0 agglomeration
   seed_quantile: Sequence[float] = ()  # seeded watersheds thresholded at per-slice quantiles
 
+  def seed_levels(self) -> list[WatershedParams]:
+    """One params per seed threshold, absolute ones first, then quantiles (the other
+    fields 0), if 0 is a merge threshold (seeded watersheds are tried); else none."""
+    if 0 not in self.merge_threshold:
+      return []
+    return ([WatershedParams(t, 0, 0.0, 0.0) for t in self.seed_threshold]
+            + [WatershedParams(0.0, 0, 0.0, 0.0, seed_quantile=q) for q in self.seed_quantile])
+
   def __iter__(self) -> Iterable[WatershedParams]:
-    """Every seeded-watershed combination (if 0 is a merge threshold), then the same
-    with quantile thresholds, then every (smoothing, merge threshold > 0) with the seed
-    fields 0."""
-    if 0 in self.merge_threshold:
-      for s, t, e, m in itertools.product(self.smoothing, self.seed_threshold,
-                                          self.seed_erosion, self.min_seed_size):
-        yield WatershedParams(t, m, s, e)
-      for s, q, e, m in itertools.product(self.smoothing, self.seed_quantile,
-                                          self.seed_erosion, self.min_seed_size):
-        yield WatershedParams(0.0, m, s, e, seed_quantile=q)
+    """Every seeded-watershed combination (seed levels x erosion x seed size per
+    smoothing), then every (smoothing, merge threshold > 0) with the seed fields 0."""
+    for s, level, e, m in itertools.product(self.smoothing, self.seed_levels(),
+                                            self.seed_erosion, self.min_seed_size):
+      yield dataclasses.replace(level, min_seed_size=m, smoothing=s, seed_erosion=e)
     for s, g in itertools.product(self.smoothing, [g for g in self.merge_threshold if g > 0]):
       yield WatershedParams(0.0, 0, s, 0.0, g)
 
@@ -185,16 +188,14 @@ def _slice_table(boundary_slice: np.ndarray, gt_slice: np.ndarray, grid: Watersh
   The slice is smoothed once per smoothing value and its seed distances computed once per
   threshold or quantile."""
   merges = [t for t in grid.merge_threshold if t > 0]
-  seeded = [WatershedParams(t, 0, 0.0, 0.0) for t in grid.seed_threshold] + [
-      WatershedParams(0.0, 0, 0.0, 0.0, seed_quantile=q) for q in grid.seed_quantile]
   table: dict[WatershedParams, float] = {}
   for sigma in grid.smoothing:
     elevation = smooth(boundary_slice, sigma)
-    for base in seeded if 0 in grid.merge_threshold else ():
-      distance = seed_distance(elevation, slice_seed_threshold(elevation, base))
+    for level in grid.seed_levels():
+      distance = seed_distance(elevation, slice_seed_threshold(elevation, level))
       for erosion, min_seed in itertools.product(grid.seed_erosion, grid.min_seed_size):
         seg = watershed_from_seed_mask(elevation, distance > erosion, min_seed)
-        params = dataclasses.replace(base, min_seed_size=min_seed, smoothing=sigma,
+        params = dataclasses.replace(level, min_seed_size=min_seed, smoothing=sigma,
                                      seed_erosion=erosion)
         table[params] = em_metrics.adapted_rand(gt_slice, seg)["arand"]
     for merge, seg in agglomerate(elevation, merges) if merges else ():
